@@ -1,0 +1,81 @@
+# Shoal build, test and demo entry points. Every target works on a fresh
+# Debian machine as root: `make deps` installs what the project needs.
+
+GO        ?= go
+BIN       := bin
+IMAGES    := $(BIN)/images
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+GOBIN_DIR := $(CURDIR)/$(BIN)/tools
+
+# Debian packages the daemon, the tests and the benchmarks use. `deps`
+# installs only the missing ones, so it is cheap to call from every target.
+DEB_PKGS := runc nftables iproute2 busybox-static protobuf-compiler libprotobuf-dev \
+            docker-registry iperf3 wrk curl ca-certificates
+
+.PHONY: all deps build proto images test unit e2e demo demo-stop lint bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	else echo "deps: all Debian packages present"; fi
+	@# docker-registry's package starts a system service on :5000; the tests run
+	@# their own registry on their own address, so keep the system one stopped.
+	@if [ -x /etc/init.d/docker-registry ]; then /etc/init.d/docker-registry stop >/dev/null 2>&1 || true; fi
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/shoal ./cmd/shoald
+
+$(GOBIN_DIR)/protoc-gen-go:
+	GOBIN=$(GOBIN_DIR) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(GOBIN_DIR)/protoc-gen-go-grpc:
+	GOBIN=$(GOBIN_DIR) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+# Regenerates proto/*.pb.go. protoc comes from Debian (pinned by the release),
+# the Go plugins are pinned above, so the output is reproducible.
+proto: $(GOBIN_DIR)/protoc-gen-go $(GOBIN_DIR)/protoc-gen-go-grpc
+	PATH=$(GOBIN_DIR):$$PATH protoc -I proto -I /usr/include \
+	  --go_out=proto --go_opt=paths=source_relative \
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+	  proto/*.proto
+
+# Test images as OCI archives, built with go-containerregistry (no Docker).
+images:
+	$(GO) run ./e2e/cmd/mkimages -out $(IMAGES)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test ./...
+
+e2e: deps build images
+	$(GO) test -count=1 -timeout 20m -v ./e2e/...
+
+# The README's test command: installs what is missing, then runs lint, unit,
+# root integration and end-to-end tests.
+test: deps lint build images
+	SHOAL_BIN=$(CURDIR)/$(BIN) SHOAL_IMAGES=$(CURDIR)/$(IMAGES) \
+	  $(GO) test -count=1 -timeout 25m ./...
+
+demo: deps build images
+	./e2e/demo/demo.sh
+
+demo-stop:
+	./e2e/demo/demo.sh stop
+
+bench: deps build images
+	SHOAL_BIN=$(CURDIR)/$(BIN) SHOAL_IMAGES=$(CURDIR)/$(IMAGES) \
+	  $(GO) test -run '^$$' -bench . -benchtime 1x ./e2e/...
+
+clean:
+	rm -rf $(BIN)
