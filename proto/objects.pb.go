@@ -593,12 +593,16 @@ func (x *Resources) GetMemoryBytes() int64 {
 
 // NodeDescription is what an agent reports about its host.
 type NodeDescription struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Platform      *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	Resources     *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
-	EngineLabels  map[string]string      `protobuf:"bytes,4,rep,name=engine_labels,json=engineLabels,proto3" json:"engine_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	ShoalVersion  string                 `protobuf:"bytes,5,opt,name=shoal_version,json=shoalVersion,proto3" json:"shoal_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Hostname     string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Platform     *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Resources    *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
+	EngineLabels map[string]string      `protobuf:"bytes,4,rep,name=engine_labels,json=engineLabels,proto3" json:"engine_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ShoalVersion string                 `protobuf:"bytes,5,opt,name=shoal_version,json=shoalVersion,proto3" json:"shoal_version,omitempty"`
+	// Addr is the address the host advertises to the cluster; the
+	// dispatcher uses it when the agent's connection does not tell (a local
+	// unix socket).
+	Addr          string `protobuf:"bytes,6,opt,name=addr,proto3" json:"addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -664,6 +668,13 @@ func (x *NodeDescription) GetEngineLabels() map[string]string {
 func (x *NodeDescription) GetShoalVersion() string {
 	if x != nil {
 		return x.ShoalVersion
+	}
+	return ""
+}
+
+func (x *NodeDescription) GetAddr() string {
+	if x != nil {
+		return x.Addr
 	}
 	return ""
 }
@@ -1881,13 +1892,14 @@ const file_objects_proto_rawDesc = "" +
 	"\farchitecture\x18\x02 \x01(\tR\farchitecture\"K\n" +
 	"\tResources\x12\x1b\n" +
 	"\tnano_cpus\x18\x01 \x01(\x03R\bnanoCpus\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xc8\x02\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xdc\x02\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12.\n" +
 	"\bplatform\x18\x02 \x01(\v2\x12.shoal.v1.PlatformR\bplatform\x121\n" +
 	"\tresources\x18\x03 \x01(\v2\x13.shoal.v1.ResourcesR\tresources\x12P\n" +
 	"\rengine_labels\x18\x04 \x03(\v2+.shoal.v1.NodeDescription.EngineLabelsEntryR\fengineLabels\x12#\n" +
-	"\rshoal_version\x18\x05 \x01(\tR\fshoalVersion\x1a?\n" +
+	"\rshoal_version\x18\x05 \x01(\tR\fshoalVersion\x12\x12\n" +
+	"\x04addr\x18\x06 \x01(\tR\x04addr\x1a?\n" +
 	"\x11EngineLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +

@@ -1,0 +1,65 @@
+package image
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Pull fetches ref from its registry (auth from authn.DefaultKeychain;
+// plain HTTP for Config.InsecureRegistries), reporting progress lines
+// through progress (may be nil). A tag reference is recorded as naming the
+// image; a digest reference is not, but Get finds the image by that digest
+// afterwards, also when it is the digest of a multi-platform index (the
+// image for this host's platform is pulled). A digest reference already
+// present locally is returned without contacting the registry; layers
+// already unpacked are never downloaded again.
+func (s *Store) Pull(ctx context.Context, ref string, progress func(msg string)) (*Image, error) {
+	if progress == nil {
+		progress = func(string) {}
+	}
+	r, err := s.parse(ref)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	norm := normalise(r)
+	if d, ok := digestOf(r); ok {
+		// Content named by digest cannot change: an image loaded from an
+		// archive serves a digest-pinned service without any registry.
+		if img, err := s.getDigest(d); err == nil {
+			progress(fmt.Sprintf("%s: already present", norm))
+			return img, nil
+		}
+	}
+	progress("resolving " + norm)
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithPlatform(hostPlatform()),
+	}
+	desc, err := remote.Get(r, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", norm, err)
+	}
+	var aliases []string
+	if desc.MediaType.IsIndex() {
+		aliases = []string{desc.Digest.String()}
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", norm, err)
+	}
+	var refs []string
+	if _, isDigest := digestOf(r); !isDigest {
+		refs = []string{norm}
+	}
+	out, err := s.importImage(ctx, img, refs, aliases, progress)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", norm, err)
+	}
+	progress(fmt.Sprintf("pulled %s: digest %s", norm, out.Digest))
+	s.log.Info("image pulled", "ref", norm, "digest", out.Digest)
+	return out, nil
+}

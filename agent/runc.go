@@ -1,0 +1,260 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shoal-project/shoal/agent/container"
+	"github.com/shoal-project/shoal/agent/image"
+	"github.com/shoal-project/shoal/overlay/bridge"
+	shoalpb "github.com/shoal-project/shoal/proto"
+)
+
+// defaultStopGracePeriod is Docker's and Swarm's: long enough for most
+// servers to finish in-flight requests after SIGTERM.
+const defaultStopGracePeriod = 10 * time.Second
+
+// hostnameLen is how much of the task id a container's default hostname
+// takes, like Docker's short container ids.
+const hostnameLen = 12
+
+// RuncExecutor runs tasks as runc containers with images from the host's
+// image store, each in its own network namespace on the node-local bridge.
+type RuncExecutor struct {
+	Images  *image.Store
+	Runtime *container.Runtime
+	Network *bridge.Driver
+	NodeID  string
+	Logger  *slog.Logger
+}
+
+var _ Executor = (*RuncExecutor)(nil)
+
+// Prepare implements Executor: image (pulled when absent), network
+// endpoint, bundle.
+func (e *RuncExecutor) Prepare(ctx context.Context, t *shoalpb.Task) ([]string, error) {
+	cs := t.GetSpec().GetContainer()
+	img, err := e.Images.Get(cs.GetImage())
+	if errors.Is(err, image.ErrNotFound) {
+		img, err = e.Images.Pull(ctx, cs.GetImage(), func(msg string) {
+			e.Logger.Info("pull", "task", t.GetId(), "image", cs.GetImage(), "progress", msg)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("image %s is not on this host and pulling it failed: %w", cs.GetImage(), err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("look up image %s: %w", cs.GetImage(), err)
+	}
+
+	args := resolveArgs(img.Config, cs)
+	if len(args) == 0 {
+		return nil, fmt.Errorf("image %s has no entrypoint or cmd and the service sets no command", cs.GetImage())
+	}
+	ep, err := e.Network.Attach(ctx, t.GetId())
+	if err != nil {
+		return nil, fmt.Errorf("attach to the local network: %w", err)
+	}
+	hostname := cs.GetHostname()
+	if hostname == "" {
+		hostname = t.GetId()[:min(hostnameLen, len(t.GetId()))]
+	}
+	env := append([]string{}, img.Config.Env...)
+	env = append(env,
+		"SHOAL_TASK_ID="+t.GetId(),
+		"SHOAL_TASK_SLOT="+strconv.FormatUint(t.GetSlot(), 10),
+		"SHOAL_SERVICE_ID="+t.GetServiceId(),
+		"SHOAL_SERVICE_NAME="+t.GetServiceName(),
+		"SHOAL_NODE_ID="+e.NodeID,
+	)
+	env = mergeEnv(env, cs.GetEnv())
+	cwd := cs.GetDir()
+	if cwd == "" {
+		cwd = img.Config.WorkingDir
+	}
+	user := cs.GetUser()
+	if user == "" {
+		user = img.Config.User
+	}
+	spec := container.Spec{
+		ID:         t.GetId(),
+		Hostname:   hostname,
+		Layers:     img.Layers,
+		Args:       args,
+		Env:        env,
+		Cwd:        cwd,
+		User:       user,
+		NetNSPath:  ep.NetNSPath,
+		Labels:     cs.GetLabels(),
+		Hosts:      []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", ep.Address.Addr(), hostname)),
+		ResolvConf: hostResolvConf(),
+	}
+	if err := e.Runtime.Create(ctx, spec); err != nil {
+		return nil, fmt.Errorf("create container: %w", err)
+	}
+	return []string{ep.Address.String()}, nil
+}
+
+// Start implements Executor.
+func (e *RuncExecutor) Start(ctx context.Context, t *shoalpb.Task) error {
+	return e.Runtime.Start(ctx, t.GetId())
+}
+
+// Inspect implements Executor.
+func (e *RuncExecutor) Inspect(ctx context.Context, id string) (ContainerStatus, error) {
+	st, err := e.Runtime.Status(ctx, id)
+	if err != nil {
+		return ContainerStatus{}, err
+	}
+	return convertStatus(st), nil
+}
+
+// Wait implements Executor.
+func (e *RuncExecutor) Wait(ctx context.Context, id string) (ContainerStatus, error) {
+	st, err := e.Runtime.Wait(ctx, id)
+	if err != nil {
+		return ContainerStatus{}, err
+	}
+	return convertStatus(st), nil
+}
+
+// Stop implements Executor: the task's stop signal (else the image's, else
+// SIGTERM), then SIGKILL after the grace period.
+func (e *RuncExecutor) Stop(ctx context.Context, t *shoalpb.Task) (ContainerStatus, error) {
+	cs := t.GetSpec().GetContainer()
+	sigName := cs.GetStopSignal()
+	if sigName == "" {
+		if img, err := e.Images.Get(cs.GetImage()); err == nil {
+			sigName = img.Config.StopSignal
+		}
+	}
+	sig := syscall.SIGTERM
+	if sigName != "" {
+		s, err := container.ParseSignal(sigName)
+		if err != nil {
+			return ContainerStatus{}, fmt.Errorf("stop signal: %w", err)
+		}
+		sig = s
+	}
+	grace := defaultStopGracePeriod
+	if g := cs.GetStopGracePeriod(); g != nil {
+		grace = g.AsDuration()
+	}
+	st, err := e.Runtime.Stop(ctx, t.GetId(), sig, grace)
+	if err != nil {
+		return ContainerStatus{}, err
+	}
+	return convertStatus(st), nil
+}
+
+// Remove implements Executor: container, rootfs and network endpoint.
+func (e *RuncExecutor) Remove(ctx context.Context, id string) error {
+	if err := e.Runtime.Remove(ctx, id); err != nil {
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	if err := e.Network.Detach(ctx, id); err != nil {
+		return fmt.Errorf("detach %s from the local network: %w", id, err)
+	}
+	return nil
+}
+
+// List implements Executor: containers and network endpoints left on disk.
+func (e *RuncExecutor) List(ctx context.Context) ([]string, error) {
+	ids, err := e.Runtime.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	eps, err := e.Network.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		seen[id] = true
+	}
+	for _, id := range eps {
+		if !seen[id] {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func convertStatus(st container.Status) ContainerStatus {
+	out := ContainerStatus{
+		Pid:        st.Pid,
+		ExitCode:   st.ExitCode,
+		Signal:     st.Signal,
+		StartedAt:  st.StartedAt,
+		FinishedAt: st.FinishedAt,
+	}
+	switch st.State {
+	case container.StateCreated:
+		out.State = ContainerCreated
+	case container.StateRunning:
+		out.State = ContainerRunning
+	case container.StateExited:
+		out.State = ContainerExited
+	default:
+		out.State = ContainerAbsent
+	}
+	return out
+}
+
+// resolveArgs combines entrypoint and cmd the way Docker does: the
+// service's command replaces the entrypoint (and drops the image's cmd), its
+// args replace the cmd.
+func resolveArgs(img image.RunConfig, cs *shoalpb.ContainerSpec) []string {
+	entry, cmd := img.Entrypoint, img.Cmd
+	if len(cs.GetCommand()) > 0 {
+		entry, cmd = cs.GetCommand(), nil
+	}
+	if len(cs.GetArgs()) > 0 {
+		cmd = cs.GetArgs()
+	}
+	return append(append([]string{}, entry...), cmd...)
+}
+
+// mergeEnv overrides base KEY=VALUE pairs with extra ones, keeping order.
+func mergeEnv(base, extra []string) []string {
+	idx := make(map[string]int, len(base))
+	out := append([]string{}, base...)
+	for i, kv := range out {
+		k, _, _ := strings.Cut(kv, "=")
+		idx[k] = i
+	}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+// hostResolvConf is the host's resolv.conf without loopback nameservers,
+// which mean nothing inside a container's own network namespace.
+func hostResolvConf() []byte {
+	b, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" && (strings.HasPrefix(f[1], "127.") || f[1] == "::1") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return []byte(strings.Join(out, "\n"))
+}

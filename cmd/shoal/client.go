@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// defaultHost is the socket of a shoald started with its default --run-dir.
+const defaultHost = "unix:///run/shoal/shoal.sock"
+
+// connectTimeout bounds the wait for shoald's socket. A local daemon accepts
+// in well under a millisecond, so a few seconds without a connection only
+// ever mean it is not running or is wedged: say so rather than hang.
+const connectTimeout = 5 * time.Second
+
+// daemonClient holds the clients of the services shoald serves locally.
+type daemonClient struct {
+	control shoalpb.ControlClient
+	local   shoalpb.LocalClient
+}
+
+func newDaemonClient(conn *grpc.ClientConn) *daemonClient {
+	return &daemonClient{control: shoalpb.NewControlClient(conn), local: shoalpb.NewLocalClient(conn)}
+}
+
+// socketPath turns a --host value into an absolute socket path. It accepts
+// "unix:///path" and a plain path; tcp:// (a remote manager over mTLS) is
+// not supported yet.
+func socketPath(host string) (string, error) {
+	p := host
+	if scheme, rest, ok := strings.Cut(host, "://"); ok {
+		if scheme != "unix" {
+			return "", usageErrorf("--host %q: only unix sockets are supported for now (unix:///path/to/shoal.sock or a path)", host)
+		}
+		p = rest
+	}
+	if p == "" {
+		return "", usageErrorf("--host %q: no socket path", host)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("--host %q: %w", host, err)
+	}
+	return abs, nil
+}
+
+// dial connects to shoald at host and waits, at most connectTimeout, until
+// the connection is up, so that a missing daemon is one clear error rather
+// than a transport error from whichever call comes first.
+func dial(ctx context.Context, host string) (*grpc.ClientConn, error) {
+	path, err := socketPath(host)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		mu      sync.Mutex // guards following
+		dialErr error      // last failure to connect to the socket
+	)
+	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			mu.Lock()
+			dialErr = err
+			mu.Unlock()
+		}
+		return c, err
+	}
+	conn, err := grpc.NewClient("unix://"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors),
+		grpc.WithChainStreamInterceptor(cleanStreamErrors),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to shoald at %s: %w", path, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn.Connect()
+	for {
+		s := conn.GetState()
+		if s == connectivity.Ready {
+			return conn, nil
+		}
+		if s == connectivity.TransientFailure || s == connectivity.Shutdown || !conn.WaitForStateChange(cctx, s) {
+			break
+		}
+	}
+	_ = conn.Close()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if errors.Is(dialErr, fs.ErrPermission) {
+		return nil, fmt.Errorf("cannot reach shoald at %s: permission denied (the socket is root-only: run shoal as root)", path)
+	}
+	return nil, fmt.Errorf("cannot reach shoald at %s: is the daemon running? (set --host or %s)", path, envHost)
+}
+
+// rpcError is a gRPC error that prints as its status message alone, without
+// grpc's "rpc error: code = ... desc =" prefix, and still answers
+// status.Code for callers that decide on the code.
+type rpcError struct{ st *status.Status }
+
+func (e *rpcError) Error() string {
+	if m := e.st.Message(); m != "" {
+		return m
+	}
+	return e.st.Code().String()
+}
+
+func (e *rpcError) GRPCStatus() *status.Status { return e.st }
+
+// cleanError turns gRPC status errors into rpcErrors; other errors (io.EOF
+// ending a stream) pass unchanged.
+func cleanError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *rpcError
+	if errors.As(err, &re) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	return &rpcError{st}
+}
+
+func cleanUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return cleanError(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+func cleanStreamErrors(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, cleanError(err)
+	}
+	return cleanStream{s}, nil
+}
+
+// cleanStream cleans the errors of every call on a client stream.
+type cleanStream struct{ grpc.ClientStream }
+
+func (s cleanStream) SendMsg(m any) error { return cleanError(s.ClientStream.SendMsg(m)) }
+func (s cleanStream) RecvMsg(m any) error { return cleanError(s.ClientStream.RecvMsg(m)) }
+func (s cleanStream) CloseSend() error    { return cleanError(s.ClientStream.CloseSend()) }
+
+func (s cleanStream) Header() (metadata.MD, error) {
+	md, err := s.ClientStream.Header()
+	return md, cleanError(err)
+}
+
+// isEOF reports whether a stream ended normally.
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Service modes, as --mode spells them.
+const (
+	modeReplicated = "replicated"
+	modeGlobal     = "global"
+)
+
+const (
+	// defaultReplicas is a replicated service's size when --replicas is not
+	// given: one, as Docker.
+	defaultReplicas = 1
+	// defaultConvergeTimeout bounds how long `service create` waits for its
+	// tasks to run: long enough to pull an image of a few hundred MB,
+	// short enough that a stuck rollout does not hang a script.
+	defaultConvergeTimeout = 2 * time.Minute
+	// convergePoll is how often `service create` looks at the tasks. Task
+	// states change in tens of milliseconds here (runc starts in ~55 ms);
+	// 200ms keeps the display live at five small calls a second.
+	convergePoll = 200 * time.Millisecond
+)
+
+// createOptions are the flags of `service create`.
+type createOptions struct {
+	name            string
+	replicas        int64 // signed, to report a negative value rather than fail parsing it
+	mode            string
+	env             []string
+	labels          []string
+	entrypoint      string
+	workdir         string
+	user            string
+	hostname        string
+	stopSignal      string
+	stopGracePeriod time.Duration
+	detach          bool
+	timeout         time.Duration
+}
+
+func newServiceCreateCmd(a *app) *cobra.Command {
+	var o createOptions
+	c := &cobra.Command{
+		Use:   "create [flags] IMAGE [ARG...]",
+		Short: "Create a service",
+		Long: `Create a service running IMAGE. ARGs after IMAGE replace the image's CMD
+(as 'docker run' does); --entrypoint replaces its ENTRYPOINT and is split on
+whitespace. Options must come before IMAGE: everything after it belongs to
+the container's command.
+
+Unless --detach is given, the command waits until every task runs, showing
+progress, and fails if a task fails or is rejected, or if the service has
+not converged within --timeout. The service ID is printed last, on stdout.`,
+		Example: `  shoal service create --name web --replicas 3 shoal/web:latest
+  shoal service create --name worker --env QUEUE=jobs --env WORKERS=4 shoal/worker
+  shoal service create --name agent --mode global busybox sleep 3600
+  shoal service create -d --name batch --entrypoint "/bin/sh -c" busybox 'echo hi; sleep 60'`,
+		Args: minArgs(1, "IMAGE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := o.spec(args[0], args[1:], cmd.Flags().Changed("replicas"))
+			if err != nil {
+				return err
+			}
+			if o.timeout <= 0 {
+				return usageErrorf("--timeout must be positive, got %s", o.timeout)
+			}
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			resp, err := d.control.CreateService(ctx, &shoalpb.CreateServiceRequest{Spec: spec})
+			if err != nil {
+				return fmt.Errorf("create service: %w", err)
+			}
+			svc := resp.GetService()
+			if !o.detach {
+				err = waitConverged(ctx, d, svc, o.timeout, a.stderr, isTerminal(a.stderr))
+			}
+			// The service exists even when it failed to converge: print its
+			// ID so that the caller can inspect or remove it.
+			fmt.Fprintln(a.stdout, svc.GetId())
+			return err
+		},
+	}
+	f := c.Flags()
+	f.SetInterspersed(false)
+	f.StringVar(&o.name, "name", "", "service name (default: chosen by the manager)")
+	f.Int64Var(&o.replicas, "replicas", defaultReplicas, "number of tasks of a replicated service")
+	f.StringVar(&o.mode, "mode", modeReplicated, "replicated (--replicas tasks) or global (one task per node)")
+	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	f.StringArrayVarP(&o.labels, "label", "l", nil, "service label KEY=VALUE (repeatable)")
+	f.StringVar(&o.entrypoint, "entrypoint", "", "replace the image's ENTRYPOINT (split on whitespace)")
+	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory in the container")
+	f.StringVarP(&o.user, "user", "u", "", "user[:group] the container runs as")
+	f.StringVar(&o.hostname, "hostname", "", "container hostname")
+	f.StringVar(&o.stopSignal, "stop-signal", "", "signal that stops the container (default SIGTERM)")
+	f.DurationVar(&o.stopGracePeriod, "stop-grace-period", 0, "time between the stop signal and SIGKILL (default 10s)")
+	f.BoolVarP(&o.detach, "detach", "d", false, "return once the service is created, without waiting for its tasks")
+	f.DurationVar(&o.timeout, "timeout", defaultConvergeTimeout, "how long to wait for every task to run")
+	return c
+}
+
+// spec validates the options and builds the service spec. replicasSet says
+// whether --replicas was given (it conflicts with --mode global).
+func (o *createOptions) spec(image string, args []string, replicasSet bool) (*shoalpb.ServiceSpec, error) {
+	if image == "" {
+		return nil, usageErrorf("IMAGE must not be empty")
+	}
+	spec := &shoalpb.ServiceSpec{
+		Name: o.name,
+		Container: &shoalpb.ContainerSpec{
+			Image:    image,
+			Args:     args,
+			Command:  strings.Fields(o.entrypoint),
+			Dir:      o.workdir,
+			User:     o.user,
+			Hostname: o.hostname,
+		},
+	}
+	switch o.mode {
+	case modeReplicated:
+		if err := validateReplicas(o.replicas); err != nil {
+			return nil, err
+		}
+		spec.Mode = &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: uint64(o.replicas)}}
+	case modeGlobal:
+		if replicasSet {
+			return nil, usageErrorf("--replicas cannot be used with --mode global (a global service runs one task per node)")
+		}
+		spec.Mode = &shoalpb.ServiceSpec_Global{Global: &shoalpb.GlobalService{}}
+	default:
+		return nil, usageErrorf("--mode must be %s or %s, got %q", modeReplicated, modeGlobal, o.mode)
+	}
+	env, err := parseEnv(o.env)
+	if err != nil {
+		return nil, err
+	}
+	spec.Container.Env = env
+	if spec.Labels, err = parseKeyValues("--label", o.labels); err != nil {
+		return nil, err
+	}
+	if o.stopSignal != "" {
+		sig, err := parseSignal(o.stopSignal)
+		if err != nil {
+			return nil, err
+		}
+		spec.Container.StopSignal = sig
+	}
+	switch {
+	case o.stopGracePeriod < 0:
+		return nil, usageErrorf("--stop-grace-period must be 0 or more, got %s", o.stopGracePeriod)
+	case o.stopGracePeriod > 0:
+		spec.Container.StopGracePeriod = durationpb.New(o.stopGracePeriod)
+	}
+	return spec, nil
+}
+
+// validateReplicas checks a --replicas value.
+func validateReplicas(n int64) error {
+	if n < 0 {
+		return usageErrorf("--replicas must be 0 or more, got %d", n)
+	}
+	return nil
+}
+
+// parseEnv checks --env values: each must be KEY=VALUE with a non-empty KEY
+// (VALUE may be empty).
+func parseEnv(vals []string) ([]string, error) {
+	for _, v := range vals {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return nil, usageErrorf("--env %q must be KEY=VALUE", v)
+		}
+	}
+	return vals, nil
+}
+
+// parseKeyValues parses repeated KEY=VALUE values of flag into a map; a
+// later KEY replaces an earlier one. It returns nil for no values.
+func parseKeyValues(flag string, vals []string) (map[string]string, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(vals))
+	for _, v := range vals {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return nil, usageErrorf("%s %q must be KEY=VALUE", flag, v)
+		}
+		m[k] = val
+	}
+	return m, nil
+}
+
+// parseSignal checks a --stop-signal value and returns its canonical name:
+// "term", "SIGTERM" and "15" all give "SIGTERM".
+func parseSignal(s string) (string, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if name := unix.SignalName(unix.Signal(n)); name != "" {
+			return name, nil
+		}
+		return "", usageErrorf("--stop-signal %q: no such signal", s)
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if unix.SignalNum(name) == 0 {
+		return "", usageErrorf("--stop-signal %q: no such signal", s)
+	}
+	return name, nil
+}
+
+// progress is how far a service is from running all its tasks.
+type progress struct {
+	running, desired int
+	// failed is a task that failed or was rejected, with its error.
+	failed *shoalpb.Task
+	// waiting says why tasks are not running yet, when the manager said.
+	waiting string
+}
+
+func (p progress) converged() bool { return p.failed == nil && p.desired > 0 && p.running >= p.desired }
+
+// progressOf counts a service's running tasks: one per slot whose current
+// task (desired RUNNING) runs. A replicated service wants its replica count;
+// a global one a task per eligible node, that is, as many as the
+// orchestrator made.
+func progressOf(svc *shoalpb.Service, tasks []*shoalpb.Task) progress {
+	var p progress
+	desired := 0
+	for _, t := range tasks {
+		st := t.GetStatus()
+		if (st.GetState() == shoalpb.TaskState_TASK_STATE_FAILED || st.GetState() == shoalpb.TaskState_TASK_STATE_REJECTED) &&
+			st.GetErr() != "" && (p.failed == nil || newer(t, p.failed)) {
+			p.failed = t
+		}
+		if t.GetDesiredState() != shoalpb.TaskState_TASK_STATE_RUNNING {
+			continue
+		}
+		desired++
+		switch {
+		case st.GetState() == shoalpb.TaskState_TASK_STATE_RUNNING:
+			p.running++
+		case p.waiting == "" && st.GetMessage() != "" && st.GetState() <= shoalpb.TaskState_TASK_STATE_ASSIGNED:
+			p.waiting = strings.ToLower(taskStateWord(st.GetState())) + ": " + st.GetMessage()
+		}
+	}
+	if r := svc.GetSpec().GetReplicated(); r != nil {
+		p.desired = int(r.GetReplicas())
+	} else {
+		p.desired = desired
+	}
+	return p
+}
+
+// line is the progress display: "web: 2/3 running".
+func (p progress) line(name string) string {
+	s := fmt.Sprintf("%s: %d/%d running", name, p.running, p.desired)
+	if p.waiting != "" && p.running < p.desired {
+		s += " (" + p.waiting + ")"
+	}
+	return s
+}
+
+// failure describes a failed task: "task web.2 rejected: pull ...".
+func failure(t *shoalpb.Task) error {
+	return fmt.Errorf("task %s %s: %s", taskName(t), strings.ToLower(taskStateWord(t.GetStatus().GetState())), t.GetStatus().GetErr())
+}
+
+// waitConverged polls the service's tasks until every one runs, one fails,
+// or timeout passes, writing progress to w: one line rewritten in place on
+// a terminal, a new line per change otherwise.
+func waitConverged(ctx context.Context, d *daemonClient, svc *shoalpb.Service, timeout time.Duration, w io.Writer, tty bool) error {
+	name := svc.GetSpec().GetName()
+	if name == "" {
+		name = shortID(svc.GetId())
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(convergePoll)
+	defer tick.Stop()
+	last := ""
+	show := func(s string) {
+		if s == last {
+			return
+		}
+		last = s
+		if tty {
+			fmt.Fprintf(w, "\r\033[K%s", s)
+		} else {
+			fmt.Fprintln(w, s)
+		}
+	}
+	defer func() {
+		if tty && last != "" {
+			fmt.Fprintln(w)
+		}
+	}()
+	var p progress
+	for {
+		resp, err := d.control.ListTasks(ctx, &shoalpb.ListTasksRequest{ServiceIds: []string{svc.GetId()}})
+		switch {
+		case ctx.Err() != nil:
+			return convergeTimeout(ctx, name, timeout, p)
+		case err != nil:
+			return fmt.Errorf("watch service %s: %w", name, err)
+		}
+		p = progressOf(svc, resp.GetTasks())
+		show(p.line(name))
+		if p.failed != nil {
+			return failure(p.failed)
+		}
+		// A service of zero replicas has nothing to wait for.
+		if p.converged() || (svc.GetSpec().GetReplicated() != nil && p.desired == 0) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return convergeTimeout(ctx, name, timeout, p)
+		case <-tick.C:
+		}
+	}
+}
+
+func convergeTimeout(ctx context.Context, name string, timeout time.Duration, p progress) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ctx.Err()
+	}
+	return fmt.Errorf("service %s did not converge within %s: %d/%d running (see 'shoal service ps %s')", name, timeout, p.running, p.desired, name)
+}
+
+// isTerminal reports whether w is a terminal, where progress can be
+// redrawn in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

@@ -1,0 +1,273 @@
+package main
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func TestValidateReplicas(t *testing.T) {
+	tests := []struct {
+		name    string
+		n       int64
+		wantErr string
+	}{
+		{name: "zero is allowed", n: 0},
+		{name: "positive", n: 3},
+		{name: "negative names the flag and value", n: -1, wantErr: "--replicas must be 0 or more, got -1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkErr(t, validateReplicas(tt.n), tt.wantErr)
+		})
+	}
+}
+
+func TestParseEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      []string
+		wantErr string
+	}{
+		{name: "pairs", in: []string{"FOO=bar", "X=1"}},
+		{name: "empty value", in: []string{"FOO="}},
+		{name: "value with equals", in: []string{"URL=a=b"}},
+		{name: "no equals", in: []string{"A=1", "FOO"}, wantErr: `--env "FOO" must be KEY=VALUE`},
+		{name: "empty key", in: []string{"=bar"}, wantErr: `--env "=bar" must be KEY=VALUE`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseEnv(tt.in)
+			checkErr(t, err, tt.wantErr)
+			if err == nil && !slices.Equal(got, tt.in) {
+				t.Errorf("parseEnv(%q) = %q", tt.in, got)
+			}
+		})
+	}
+}
+
+func TestParseKeyValues(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      []string
+		want    map[string]string
+		wantErr string
+	}{
+		{name: "none", in: nil, want: nil},
+		{name: "later key wins", in: []string{"tier=web", "tier=front", "team=a=b"}, want: map[string]string{"tier": "front", "team": "a=b"}},
+		{name: "bare key refused", in: []string{"tier"}, wantErr: `--label "tier" must be KEY=VALUE`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseKeyValues("--label", tt.in)
+			checkErr(t, err, tt.wantErr)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("%s = %q, want %q", k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+func TestParseScaleArg(t *testing.T) {
+	tests := []struct {
+		name     string
+		arg      string
+		service  string
+		replicas uint64
+		wantErr  string
+	}{
+		{name: "name", arg: "web=3", service: "web", replicas: 3},
+		{name: "zero", arg: "web=0", service: "web", replicas: 0},
+		{name: "not a number", arg: "web=x", wantErr: `scale: "web=x": expected SERVICE=REPLICAS`},
+		{name: "negative", arg: "web=-1", wantErr: `scale: "web=-1": expected SERVICE=REPLICAS`},
+		{name: "no equals", arg: "web", wantErr: `scale: "web": expected SERVICE=REPLICAS`},
+		{name: "no service", arg: "=2", wantErr: `scale: "=2": expected SERVICE=REPLICAS`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, n, err := parseScaleArg(tt.arg)
+			checkErr(t, err, tt.wantErr)
+			if err == nil && (s != tt.service || n != tt.replicas) {
+				t.Errorf("parseScaleArg(%q) = %q, %d; want %q, %d", tt.arg, s, n, tt.service, tt.replicas)
+			}
+		})
+	}
+}
+
+func TestCreateSpec(t *testing.T) {
+	base := func() createOptions { return createOptions{mode: modeReplicated, replicas: defaultReplicas} }
+	tests := []struct {
+		name        string
+		opts        func(*createOptions)
+		replicasSet bool
+		args        []string
+		want        *shoalpb.ServiceSpec
+		wantErr     string
+	}{
+		{
+			name: "defaults: one replica, image CMD kept",
+			want: &shoalpb.ServiceSpec{
+				Container: &shoalpb.ContainerSpec{Image: "img"},
+				Mode:      &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 1}},
+			},
+		},
+		{
+			name: "args replace CMD, entrypoint split on whitespace",
+			opts: func(o *createOptions) {
+				o.name, o.replicas, o.entrypoint = "web", 3, " /bin/sh   -c "
+				o.env, o.labels = []string{"A=1"}, []string{"tier=front"}
+				o.stopSignal, o.stopGracePeriod = "int", 5*time.Second
+			},
+			replicasSet: true,
+			args:        []string{"echo hi; sleep 9", "--not-a-flag"},
+			want: &shoalpb.ServiceSpec{
+				Name:   "web",
+				Labels: map[string]string{"tier": "front"},
+				Container: &shoalpb.ContainerSpec{
+					Image: "img", Command: []string{"/bin/sh", "-c"}, Args: []string{"echo hi; sleep 9", "--not-a-flag"},
+					Env: []string{"A=1"}, StopSignal: "SIGINT", StopGracePeriod: durationpb.New(5 * time.Second),
+				},
+				Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 3}},
+			},
+		},
+		{
+			name: "global",
+			opts: func(o *createOptions) { o.mode = modeGlobal },
+			want: &shoalpb.ServiceSpec{
+				Container: &shoalpb.ContainerSpec{Image: "img"},
+				Mode:      &shoalpb.ServiceSpec_Global{Global: &shoalpb.GlobalService{}},
+			},
+		},
+		{
+			name:        "replicas with global refused",
+			opts:        func(o *createOptions) { o.mode, o.replicas = modeGlobal, 2 },
+			replicasSet: true,
+			wantErr:     "--replicas cannot be used with --mode global (a global service runs one task per node)",
+		},
+		{name: "unknown mode", opts: func(o *createOptions) { o.mode = "daemonset" }, wantErr: `--mode must be replicated or global, got "daemonset"`},
+		{name: "negative replicas", opts: func(o *createOptions) { o.replicas = -1 }, replicasSet: true, wantErr: "--replicas must be 0 or more, got -1"},
+		{name: "bad env", opts: func(o *createOptions) { o.env = []string{"FOO"} }, wantErr: `--env "FOO" must be KEY=VALUE`},
+		{name: "bad signal", opts: func(o *createOptions) { o.stopSignal = "SIGNOPE" }, wantErr: `--stop-signal "SIGNOPE": no such signal`},
+		{name: "negative grace period", opts: func(o *createOptions) { o.stopGracePeriod = -time.Second }, wantErr: "--stop-grace-period must be 0 or more, got -1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := base()
+			if tt.opts != nil {
+				tt.opts(&o)
+			}
+			got, err := o.spec("img", tt.args, tt.replicasSet)
+			checkErr(t, err, tt.wantErr)
+			if err == nil && !proto.Equal(got, tt.want) {
+				t.Errorf("spec = %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"SIGTERM", "SIGTERM"}, {"term", "SIGTERM"}, {"15", "SIGTERM"}, {"SIGQUIT", "SIGQUIT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseSignal(tt.in)
+			if err != nil || got != tt.want {
+				t.Errorf("parseSignal(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestProgressOf(t *testing.T) {
+	running, pending, failed := shoalpb.TaskState_TASK_STATE_RUNNING, shoalpb.TaskState_TASK_STATE_PENDING, shoalpb.TaskState_TASK_STATE_REJECTED
+	shutdown := shoalpb.TaskState_TASK_STATE_SHUTDOWN
+	replicated := &shoalpb.Service{Spec: &shoalpb.ServiceSpec{Name: "web", Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 3}}}}
+	global := &shoalpb.Service{Spec: &shoalpb.ServiceSpec{Name: "agent", Mode: &shoalpb.ServiceSpec_Global{Global: &shoalpb.GlobalService{}}}}
+	tests := []struct {
+		name          string
+		svc           *shoalpb.Service
+		tasks         []*shoalpb.Task
+		wantLine      string
+		wantConverged bool
+		wantFailure   string
+	}{
+		{name: "nothing yet", svc: replicated, wantLine: "web: 0/3 running"},
+		{
+			name: "partly running, pending reason shown",
+			svc:  replicated,
+			tasks: []*shoalpb.Task{
+				task("web", 1, running, running, ""), task("web", 2, running, running, ""),
+				{ServiceName: "web", Slot: 3, DesiredState: running, Status: &shoalpb.TaskStatus{State: pending, Message: "no suitable node"}},
+			},
+			wantLine: "web: 2/3 running (pending: no suitable node)",
+		},
+		{
+			name:          "all running; old shut down tasks do not count",
+			svc:           replicated,
+			tasks:         []*shoalpb.Task{task("web", 1, running, running, ""), task("web", 2, running, running, ""), task("web", 3, running, running, ""), task("web", 3, shutdown, running, "")},
+			wantLine:      "web: 3/3 running",
+			wantConverged: true,
+		},
+		{
+			name:        "rejected task is the failure",
+			svc:         replicated,
+			tasks:       []*shoalpb.Task{task("web", 1, running, running, ""), task("web", 2, shutdown, failed, "pull shoal/nope:latest: not found")},
+			wantLine:    "web: 1/3 running",
+			wantFailure: "task web.2 rejected: pull shoal/nope:latest: not found",
+		},
+		{
+			name:          "global wants one per task made",
+			svc:           global,
+			tasks:         []*shoalpb.Task{task("agent", 0, running, running, ""), task("agent", 0, running, running, "")},
+			wantLine:      "agent: 2/2 running",
+			wantConverged: true,
+		},
+		{name: "global with no task yet is not converged", svc: global, wantLine: "agent: 0/0 running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := progressOf(tt.svc, tt.tasks)
+			if got := p.line(tt.svc.GetSpec().GetName()); got != tt.wantLine {
+				t.Errorf("line = %q, want %q", got, tt.wantLine)
+			}
+			if p.converged() != tt.wantConverged {
+				t.Errorf("converged = %v, want %v", p.converged(), tt.wantConverged)
+			}
+			var err error
+			if p.failed != nil {
+				err = failure(p.failed)
+			}
+			checkErr(t, err, tt.wantFailure)
+		})
+	}
+}
+
+func task(service string, slot uint64, desired, state shoalpb.TaskState, errMsg string) *shoalpb.Task {
+	return &shoalpb.Task{
+		Id: service + "-task", ServiceName: service, Slot: slot, NodeId: "n1", DesiredState: desired,
+		Status: &shoalpb.TaskStatus{State: state, Err: errMsg},
+	}
+}
+
+// checkErr fails t unless err's text is want ("" for no error).
+func checkErr(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("unexpected error: %v", err)
+	case want != "" && err == nil:
+		t.Fatalf("no error, want %q", want)
+	case want != "" && err.Error() != want:
+		t.Fatalf("error %q, want %q", err.Error(), want)
+	}
+}

@@ -1,0 +1,338 @@
+// Package daemon assembles shoald: the agent that every host runs, the
+// manager when the host is one, and the root-only local socket the CLI
+// speaks to. cmd/shoald only parses flags into a Config.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shoal-project/shoal/agent"
+	"github.com/shoal-project/shoal/agent/container"
+	"github.com/shoal-project/shoal/agent/image"
+	"github.com/shoal-project/shoal/manager"
+	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/overlay/bridge"
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Version is Shoal's version, reported by `shoal version` and to managers.
+const Version = "0.1.0-dev"
+
+// Defaults for the daemon's flags.
+const (
+	DefaultDataDir = "/var/lib/shoal"
+	DefaultRunDir  = "/run/shoal"
+	// DefaultCgroupParent groups every container of a daemon under one
+	// cgroup; two daemons on one machine need distinct parents.
+	DefaultCgroupParent = "/shoal"
+	DefaultBridgeName   = "shoal0"
+	// DefaultBridgeSubnet is the node-local container network. It is
+	// private, outside Docker's 172.17/16 default and Shoal's overlay pool
+	// (10.10.0.0/16), so the three can coexist on a host.
+	DefaultBridgeSubnet = "172.29.0.0/16"
+	DefaultListenAddr   = "0.0.0.0:4242"
+)
+
+// Config is everything that may differ between two daemons on one machine.
+type Config struct {
+	DataDir            string
+	RunDir             string
+	ListenAddr         string
+	AdvertiseAddr      string
+	CgroupParent       string
+	BridgeName         string
+	BridgeSubnet       netip.Prefix
+	InsecureRegistries []string
+	RuncBinary         string
+	// ShimCommand runs the container shim (shoald's own `shim` command).
+	ShimCommand []string
+	Logger      *slog.Logger
+}
+
+// Daemon is one running shoald.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	nodeID string
+
+	images  *image.Store
+	runtime *container.Runtime
+	network *bridge.Driver
+
+	mu         sync.Mutex // guards following
+	mgr        *manager.Manager
+	mgrDone    chan struct{}
+	mgrCancel  context.CancelFunc
+	runCtx     context.Context
+	clusterErr error
+}
+
+// SocketPath is where the daemon's local API listens.
+func SocketPath(runDir string) string { return filepath.Join(runDir, "shoal.sock") }
+
+// New prepares a daemon: directories, node identity, image store, runtime
+// and network driver. Run starts it.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	for _, dir := range []string{cfg.DataDir, cfg.RunDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	nodeID, err := loadNodeID(filepath.Join(cfg.DataDir, "node-id"))
+	if err != nil {
+		return nil, err
+	}
+	images, err := image.Open(image.Config{
+		Dir:                filepath.Join(cfg.DataDir, "images"),
+		InsecureRegistries: cfg.InsecureRegistries,
+		Logger:             cfg.Logger.With("component", "images"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open image store: %w", err)
+	}
+	rt, err := container.New(container.Config{
+		RuncBinary:   cfg.RuncBinary,
+		Root:         filepath.Join(cfg.RunDir, "runc"),
+		StateDir:     filepath.Join(cfg.RunDir, "containers"),
+		CgroupParent: cfg.CgroupParent,
+		ShimCommand:  cfg.ShimCommand,
+		Logger:       cfg.Logger.With("component", "runtime"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up the container runtime: %w", err)
+	}
+	nw, err := bridge.New(bridge.Config{
+		Name:     cfg.BridgeName,
+		Subnet:   cfg.BridgeSubnet,
+		StateDir: filepath.Join(cfg.RunDir, "bridge"),
+		Logger:   cfg.Logger.With("component", "network"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up the local network: %w", err)
+	}
+	return &Daemon{cfg: cfg, log: cfg.Logger, nodeID: nodeID, images: images, runtime: rt, network: nw}, nil
+}
+
+// Run serves until ctx ends. Containers keep running after it returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	unlock, err := lockDir(d.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	if err := d.network.Setup(ctx); err != nil {
+		return fmt.Errorf("set up the local network: %w", err)
+	}
+
+	d.mu.Lock()
+	d.runCtx = ctx
+	d.mu.Unlock()
+	has, err := manager.HasState(d.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("read manager state: %w", err)
+	}
+	if has {
+		if err := d.startManager(ctx); err != nil {
+			return err
+		}
+	}
+
+	sock := SocketPath(d.cfg.RunDir)
+	_ = os.Remove(sock)
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		lis.Close()
+		return fmt.Errorf("restrict %s to root: %w", sock, err)
+	}
+	srv := grpc.NewServer()
+	shoalpb.RegisterLocalServer(srv, &localServer{d: d})
+	shoalpb.RegisterControlServer(srv, &controlProxy{d: d})
+	shoalpb.RegisterDispatcherServer(srv, &dispatcherProxy{d: d})
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	d.log.Info("shoald serving", "socket", sock, "node", d.nodeID, "manager", has)
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		srv.Stop()
+		return fmt.Errorf("connect to own socket: %w", err)
+	}
+	defer conn.Close()
+	desc := agent.Describe()
+	desc.Addr = d.cfg.AdvertiseAddr
+	desc.ShoalVersion = Version
+	ag, err := agent.New(agent.Config{
+		NodeID:      d.nodeID,
+		Description: desc,
+		Conn:        conn,
+		Executor: &agent.RuncExecutor{
+			Images: d.images, Runtime: d.runtime, Network: d.network,
+			NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
+		},
+		Logger: d.log,
+	})
+	if err != nil {
+		srv.Stop()
+		return err
+	}
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		_ = ag.Run(ctx)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serve local API: %w", err)
+	}
+	srv.Stop()
+	<-agentDone
+	d.stopManager()
+	return err
+}
+
+func (d *Daemon) managerConfig() manager.Config {
+	return manager.Config{
+		DataDir: d.cfg.DataDir,
+		NodeID:  d.nodeID,
+		Logger:  d.log.With("component", "manager"),
+	}
+}
+
+// startManager opens the manager's durable state and runs it.
+func (d *Daemon) startManager(ctx context.Context) error {
+	m, err := manager.New(d.managerConfig())
+	if err != nil {
+		return fmt.Errorf("start manager: %w", err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.mgr, d.mgrCancel, d.mgrDone = m, cancel, done
+	d.mu.Unlock()
+	go func() {
+		defer close(done)
+		if err := m.Run(mctx); err != nil {
+			d.log.Error("manager stopped", "err", err)
+			d.mu.Lock()
+			d.clusterErr = err
+			d.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+func (d *Daemon) stopManager() {
+	d.mu.Lock()
+	cancel, done := d.mgrCancel, d.mgrDone
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// manager returns the running manager, or an error the CLI can show.
+func (d *Daemon) manager() (*manager.Manager, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.clusterErr != nil {
+		return nil, fmt.Errorf("the manager on this node stopped: %w", d.clusterErr)
+	}
+	if d.mgr == nil {
+		return nil, errNotManager
+	}
+	return d.mgr, nil
+}
+
+var errNotManager = errors.New("this node is not a manager of a cluster: run `shoal cluster init` first")
+
+// loadNodeID reads this host's node id, creating it on first start.
+func loadNodeID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		id := strings.TrimSpace(string(b))
+		if id == "" {
+			return "", fmt.Errorf("node id file %s is empty: remove it to get a new identity", path)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read node id: %w", err)
+	}
+	id := store.NewID()
+	if err := writeFileSync(path, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("write node id: %w", err)
+	}
+	return id, nil
+}
+
+// writeFileSync writes a file atomically and durably.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// lockDir takes an exclusive lock on the data dir so two daemons never
+// share one.
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another shoald (lock %s): %w", dir, path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// initTimeout bounds cluster init: a one-member Raft group elects itself
+// in one election timeout, well under this.
+const initTimeout = 30 * time.Second

@@ -1,0 +1,153 @@
+package daemon
+
+import (
+	"context"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// controlProxy serves the Control API on the local socket by handing each
+// call to this host's manager. The socket exists before the node joins a
+// cluster, so the services are registered up front and answer with a clear
+// error until a manager runs here.
+type controlProxy struct {
+	shoalpb.UnimplementedControlServer
+	d *Daemon
+}
+
+func (p *controlProxy) control() (shoalpb.ControlServer, error) {
+	m, err := p.d.manager()
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return m.Control(), nil
+}
+
+func (p *controlProxy) CreateService(ctx context.Context, r *shoalpb.CreateServiceRequest) (*shoalpb.CreateServiceResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.CreateService(ctx, r)
+}
+
+func (p *controlProxy) GetService(ctx context.Context, r *shoalpb.GetServiceRequest) (*shoalpb.GetServiceResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetService(ctx, r)
+}
+
+func (p *controlProxy) ListServices(ctx context.Context, r *shoalpb.ListServicesRequest) (*shoalpb.ListServicesResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.ListServices(ctx, r)
+}
+
+func (p *controlProxy) UpdateService(ctx context.Context, r *shoalpb.UpdateServiceRequest) (*shoalpb.UpdateServiceResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.UpdateService(ctx, r)
+}
+
+func (p *controlProxy) RemoveService(ctx context.Context, r *shoalpb.RemoveServiceRequest) (*shoalpb.RemoveServiceResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.RemoveService(ctx, r)
+}
+
+func (p *controlProxy) GetTask(ctx context.Context, r *shoalpb.GetTaskRequest) (*shoalpb.GetTaskResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetTask(ctx, r)
+}
+
+func (p *controlProxy) ListTasks(ctx context.Context, r *shoalpb.ListTasksRequest) (*shoalpb.ListTasksResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.ListTasks(ctx, r)
+}
+
+func (p *controlProxy) GetNode(ctx context.Context, r *shoalpb.GetNodeRequest) (*shoalpb.GetNodeResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetNode(ctx, r)
+}
+
+func (p *controlProxy) ListNodes(ctx context.Context, r *shoalpb.ListNodesRequest) (*shoalpb.ListNodesResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.ListNodes(ctx, r)
+}
+
+func (p *controlProxy) GetCluster(ctx context.Context, r *shoalpb.GetClusterRequest) (*shoalpb.GetClusterResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetCluster(ctx, r)
+}
+
+// dispatcherProxy serves the Dispatcher API on the local socket for this
+// host's own agent.
+type dispatcherProxy struct {
+	shoalpb.UnimplementedDispatcherServer
+	d *Daemon
+}
+
+func (p *dispatcherProxy) dispatcher() (shoalpb.DispatcherServer, error) {
+	m, err := p.d.manager()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return m.Dispatcher(), nil
+}
+
+func (p *dispatcherProxy) Session(r *shoalpb.SessionRequest, s shoalpb.Dispatcher_SessionServer) error {
+	d, err := p.dispatcher()
+	if err != nil {
+		return err
+	}
+	return d.Session(r, s)
+}
+
+func (p *dispatcherProxy) Heartbeat(ctx context.Context, r *shoalpb.HeartbeatRequest) (*shoalpb.HeartbeatResponse, error) {
+	d, err := p.dispatcher()
+	if err != nil {
+		return nil, err
+	}
+	return d.Heartbeat(ctx, r)
+}
+
+func (p *dispatcherProxy) Assignments(r *shoalpb.AssignmentsRequest, s shoalpb.Dispatcher_AssignmentsServer) error {
+	d, err := p.dispatcher()
+	if err != nil {
+		return err
+	}
+	return d.Assignments(r, s)
+}
+
+func (p *dispatcherProxy) UpdateTaskStatus(ctx context.Context, r *shoalpb.UpdateTaskStatusRequest) (*shoalpb.UpdateTaskStatusResponse, error) {
+	d, err := p.dispatcher()
+	if err != nil {
+		return nil, err
+	}
+	return d.UpdateTaskStatus(ctx, r)
+}

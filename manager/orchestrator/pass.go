@@ -1,0 +1,313 @@
+package orchestrator
+
+import (
+	"fmt"
+	"maps"
+	"sort"
+	"time"
+
+	"github.com/shoal-project/shoal/manager/store"
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// pass is one reconciliation of one service against one read view. It
+// computes every change first, then writes them in an order where any
+// prefix is a valid state (see write), so MaxWritesPerPass can cut it.
+type pass struct {
+	tx        store.ReadTx
+	now       time.Time
+	serviceID string
+
+	svc   *shoalpb.Service // nil when the service was removed
+	tasks []*shoalpb.Task  // the service's tasks, oldest first; edited ones are clones
+	nodes map[string]*shoalpb.Node
+
+	edited  map[string]bool   // tasks changed in this pass
+	deleted map[string]uint64 // id -> expected version
+	created []*shoalpb.Task
+
+	more    bool      // out: writes were left for another pass
+	wake    time.Time // out: when a restart delay ends, zero if none
+	written int       // out: writes proposed
+}
+
+// run computes the pass's changes.
+func (p *pass) run() {
+	p.svc = p.tx.GetService(p.serviceID)
+	p.tasks = append([]*shoalpb.Task(nil), p.tx.TasksByService(p.serviceID)...)
+	sortOldestFirst(p.tasks)
+	p.edited = make(map[string]bool)
+	p.deleted = make(map[string]uint64)
+	p.nodes = make(map[string]*shoalpb.Node)
+
+	p.orphan()
+	switch {
+	case p.svc == nil:
+		p.removeAll()
+	case p.svc.GetSpec().GetGlobal() != nil:
+		p.global()
+	default:
+		// A service without a mode is replicated with 0 replicas: the
+		// control API always sets one.
+		p.replicated()
+	}
+	p.stopUnassigned()
+	p.reap()
+}
+
+// sortOldestFirst orders tasks by creation (then version and id, so the
+// order is total).
+func sortOldestFirst(tasks []*shoalpb.Task) {
+	sort.Slice(tasks, func(i, j int) bool {
+		a, b := tasks[i].GetMeta(), tasks[j].GetMeta()
+		if c := a.GetCreatedAt().AsTime().Compare(b.GetCreatedAt().AsTime()); c != 0 {
+			return c < 0
+		}
+		if a.GetVersion() != b.GetVersion() {
+			return a.GetVersion() < b.GetVersion()
+		}
+		return tasks[i].GetId() < tasks[j].GetId()
+	})
+}
+
+// node returns the node with id, or nil when it was removed.
+func (p *pass) node(id string) *shoalpb.Node {
+	n, ok := p.nodes[id]
+	if !ok {
+		n = p.tx.GetNode(id)
+		p.nodes[id] = n
+	}
+	return n
+}
+
+// edit returns task i ready to modify (a clone, made once per pass).
+func (p *pass) edit(i int) *shoalpb.Task {
+	t := p.tasks[i]
+	if !p.edited[t.GetId()] {
+		t = proto.Clone(t).(*shoalpb.Task)
+		p.tasks[i] = t
+		p.edited[t.GetId()] = true
+	}
+	return t
+}
+
+// setStatus records a state the manager observed on the task's behalf.
+func (p *pass) setStatus(i int, state shoalpb.TaskState, msg string) {
+	t := p.edit(i)
+	t.Status = &shoalpb.TaskStatus{
+		Timestamp: timestamppb.New(p.now),
+		State:     state,
+		Message:   msg,
+	}
+}
+
+// shutdown asks for task i to stop.
+func (p *pass) shutdown(i int) {
+	if p.tasks[i].GetDesiredState() < shoalpb.TaskState_TASK_STATE_SHUTDOWN {
+		p.edit(i).DesiredState = shoalpb.TaskState_TASK_STATE_SHUTDOWN
+	}
+}
+
+// terminal reports whether a task in state s has finished for good.
+func terminal(s shoalpb.TaskState) bool {
+	return s >= shoalpb.TaskState_TASK_STATE_COMPLETE && s != shoalpb.TaskState_TASK_STATE_REMOVE
+}
+
+// runnable reports whether the task is meant to run.
+func runnable(t *shoalpb.Task) bool {
+	return t.GetDesiredState() <= shoalpb.TaskState_TASK_STATE_RUNNING
+}
+
+// orphan marks ORPHANED the unfinished tasks whose node was removed: no
+// agent will ever report on them again.
+func (p *pass) orphan() {
+	for i, t := range p.tasks {
+		id := t.GetNodeId()
+		if id == "" || terminal(t.GetStatus().GetState()) || p.node(id) != nil {
+			continue
+		}
+		p.setStatus(i, shoalpb.TaskState_TASK_STATE_ORPHANED, fmt.Sprintf("node %s removed", id))
+	}
+}
+
+// removeAll asks every task of a removed service to stop and be deleted.
+// The control API usually did it when it removed the service; this covers
+// tasks created concurrently.
+func (p *pass) removeAll() {
+	for i, t := range p.tasks {
+		if t.GetDesiredState() < shoalpb.TaskState_TASK_STATE_REMOVE {
+			p.edit(i).DesiredState = shoalpb.TaskState_TASK_STATE_REMOVE
+		}
+	}
+}
+
+// retire shuts down runnable tasks that finished (restart: they are
+// replaced) or were made from an older container spec (update: replaced by
+// one with the current spec, all at once until an update orchestrator
+// paces it), and returns the indexes of the runnable tasks left.
+func (p *pass) retire() []int {
+	var live []int
+	for i, t := range p.tasks {
+		if !runnable(t) {
+			continue
+		}
+		if terminal(t.GetStatus().GetState()) || specChanged(t, p.svc) {
+			p.shutdown(i)
+			continue
+		}
+		live = append(live, i)
+	}
+	return live
+}
+
+// specChanged reports whether the task runs something other than the
+// service's current spec says. The mode is ignored: scaling does not
+// replace tasks.
+func specChanged(t *shoalpb.Task, svc *shoalpb.Service) bool {
+	return !proto.Equal(t.GetSpec().GetContainer(), svc.GetSpec().GetContainer()) ||
+		!maps.Equal(t.GetSpec().GetLabels(), svc.GetSpec().GetLabels())
+}
+
+// keepOne shuts down all but the most advanced of several runnable tasks
+// in one slot (or on one node); ties go to the newest.
+func (p *pass) keepOne(idx []int) {
+	best := idx[0]
+	for _, i := range idx[1:] {
+		if p.tasks[i].GetStatus().GetState() >= p.tasks[best].GetStatus().GetState() {
+			best = i
+		}
+	}
+	for _, i := range idx {
+		if i != best {
+			p.shutdown(i)
+		}
+	}
+}
+
+// replicated keeps one runnable task in each slot 1..replicas and none
+// above.
+func (p *pass) replicated() {
+	n := p.svc.GetSpec().GetReplicated().GetReplicas()
+	bySlot := make(map[uint64][]int)
+	for _, i := range p.retire() {
+		slot := p.tasks[i].GetSlot()
+		if slot < 1 || slot > n {
+			p.shutdown(i) // scaled down
+			continue
+		}
+		bySlot[slot] = append(bySlot[slot], i)
+	}
+	for slot := uint64(1); slot <= n; slot++ {
+		switch idx := bySlot[slot]; {
+		case len(idx) == 0:
+			p.create(slot, "")
+		case len(idx) > 1:
+			p.keepOne(idx)
+		}
+	}
+}
+
+// eligible reports whether a node takes new tasks of a global service.
+func eligible(n *shoalpb.Node) bool {
+	switch n.GetSpec().GetAvailability() {
+	case shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN, shoalpb.NodeAvailability_NODE_AVAILABILITY_PAUSE:
+		return false
+	}
+	return n.GetStatus().GetState() == shoalpb.NodeState_NODE_STATE_READY
+}
+
+// global keeps one runnable task on every eligible node. A node that is
+// down or paused keeps the task it has (node loss is handled elsewhere); a
+// drained node loses it.
+func (p *pass) global() {
+	byNode := make(map[string][]int)
+	for _, i := range p.retire() {
+		id := p.tasks[i].GetNodeId()
+		byNode[id] = append(byNode[id], i)
+	}
+	nodes := append([]*shoalpb.Node(nil), p.tx.ListNodes()...)
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].GetId() < nodes[j].GetId() })
+	for _, n := range nodes {
+		idx := byNode[n.GetId()]
+		delete(byNode, n.GetId())
+		switch {
+		case n.GetSpec().GetAvailability() == shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN:
+			for _, i := range idx {
+				p.shutdown(i)
+			}
+		case len(idx) > 1:
+			p.keepOne(idx)
+		case len(idx) == 0 && eligible(n):
+			p.create(0, n.GetId())
+		}
+	}
+	// Tasks left have no node (removed: already orphaned) or none at all.
+	for _, idx := range byNode {
+		for _, i := range idx {
+			p.shutdown(i)
+		}
+	}
+}
+
+// restartDelay is how long a slot waits before its finished task is
+// replaced. The hook restart policies will use.
+func restartDelay(*shoalpb.Service) time.Duration { return DefaultRestartDelay }
+
+// create adds a task for the slot (replicated) or node (global), unless the
+// slot's restart delay has not passed yet; then the pass asks to be woken
+// when it has.
+func (p *pass) create(slot uint64, nodeID string) {
+	if d := restartDelay(p.svc); d > 0 {
+		if last := p.lastFinished(slot, nodeID); !last.IsZero() {
+			if at := last.Add(d); p.now.Before(at) {
+				if p.wake.IsZero() || at.Before(p.wake) {
+					p.wake = at
+				}
+				return
+			}
+		}
+	}
+	p.created = append(p.created, &shoalpb.Task{
+		Id:             store.NewID(),
+		ServiceId:      p.svc.GetId(),
+		ServiceName:    p.svc.GetSpec().GetName(),
+		Slot:           slot,
+		NodeId:         nodeID,
+		Spec:           proto.Clone(p.svc.GetSpec()).(*shoalpb.ServiceSpec),
+		DesiredState:   shoalpb.TaskState_TASK_STATE_RUNNING,
+		ServiceVersion: p.svc.GetMeta().GetVersion(),
+		Status: &shoalpb.TaskStatus{
+			Timestamp: timestamppb.New(p.now),
+			State:     shoalpb.TaskState_TASK_STATE_NEW,
+			Message:   "created",
+		},
+	})
+}
+
+// lastFinished returns when the latest finished task of the slot (or node)
+// finished, or the zero time.
+func (p *pass) lastFinished(slot uint64, nodeID string) time.Time {
+	var last time.Time
+	for _, t := range p.tasks {
+		if t.GetSlot() != slot || (slot == 0 && t.GetNodeId() != nodeID) || !terminal(t.GetStatus().GetState()) {
+			continue
+		}
+		if at := t.GetStatus().GetTimestamp().AsTime(); at.After(last) {
+			last = at
+		}
+	}
+	return last
+}
+
+// stopUnassigned marks SHUTDOWN the tasks asked to stop before any node
+// took them: no agent will report on them.
+func (p *pass) stopUnassigned() {
+	for i, t := range p.tasks {
+		if t.GetDesiredState() == shoalpb.TaskState_TASK_STATE_SHUTDOWN &&
+			t.GetStatus().GetState() < shoalpb.TaskState_TASK_STATE_ASSIGNED {
+			p.setStatus(i, shoalpb.TaskState_TASK_STATE_SHUTDOWN, "shut down before it was assigned")
+		}
+	}
+}

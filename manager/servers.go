@@ -1,0 +1,10 @@
+package manager
+
+import shoalpb "github.com/shoal-project/shoal/proto"
+
+// Control returns the manager's Control API implementation, for a daemon
+// that serves it behind its own socket.
+func (m *Manager) Control() shoalpb.ControlServer { return m.control }
+
+// Dispatcher returns the manager's Dispatcher implementation.
+func (m *Manager) Dispatcher() shoalpb.DispatcherServer { return m.dispatcher }

@@ -1,0 +1,276 @@
+package bridge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// ioTimeout bounds every dial and read so a broken data path fails the test
+// instead of hanging it; it is not a speed assertion.
+const ioTimeout = 5 * time.Second
+
+// testEnv is one test's private world: a host netns named with a prefix unique
+// to the run, and a StateDir in the test's temp dir.
+type testEnv struct {
+	prefix string // "sht" + 6 hex chars
+	hostNS string // path of the test's host netns
+	cfg    Config
+
+	mu  sync.Mutex // guards following
+	ids []string   // every endpoint id used, for the leak check
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, links and nftables tables")
+	}
+}
+
+func newEnv(t *testing.T) *testEnv {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	e := &testEnv{prefix: "sht" + hex.EncodeToString(b)}
+	// Registered first, so it runs last: after every other cleanup.
+	t.Cleanup(func() { e.checkNoRootLeak(t) })
+	e.hostNS = newNamedNetNS(t, e.prefix+"-host")
+	stateDir := t.TempDir()
+	// Registered after TempDir, so it runs before TempDir's removal, which
+	// would fail on mounted netns files.
+	t.Cleanup(func() { unmountAll(t, filepath.Join(stateDir, "netns")) })
+	e.cfg = Config{Name: e.prefix, StateDir: stateDir, HostNetNS: e.hostNS}
+	return e
+}
+
+// newNamedNetNS creates /run/netns/<name> from a locked thread that is moved
+// back afterwards, and deletes it at cleanup. It returns its path.
+func newNamedNetNS(t *testing.T, name string) string {
+	t.Helper()
+	err := onLockedThread(func() error {
+		ns, err := netns.NewNamed(name)
+		if err != nil {
+			return err
+		}
+		return ns.Close()
+	})
+	if err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	return filepath.Join("/run/netns", name)
+}
+
+func unmountAll(t *testing.T, dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if err := removeNetNSFile(filepath.Join(dir, e.Name())); err != nil {
+			t.Errorf("clean up netns file: %v", err)
+		}
+	}
+}
+
+func (e *testEnv) newDriver(t *testing.T) *Driver {
+	t.Helper()
+	d, err := New(e.cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return d
+}
+
+func (e *testEnv) id(name string) string {
+	id := e.prefix + "-" + name
+	e.mu.Lock()
+	e.ids = append(e.ids, id)
+	e.mu.Unlock()
+	return id
+}
+
+func (e *testEnv) setup(t *testing.T, d *Driver) {
+	t.Helper()
+	if err := d.Setup(context.Background()); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+}
+
+func (e *testEnv) attach(t *testing.T, d *Driver, id string) Endpoint {
+	t.Helper()
+	ep, err := d.Attach(context.Background(), id)
+	if err != nil {
+		t.Fatalf("Attach %s: %v", id, err)
+	}
+	return ep
+}
+
+// checkNoRootLeak fails the test if the process's own (root) netns holds the
+// test's bridge, one of its veths or its nftables table.
+func (e *testEnv) checkNoRootLeak(t *testing.T) {
+	root, err := netns.GetFromPath("/proc/self/ns/net")
+	if err != nil {
+		t.Errorf("open root netns: %v", err)
+		return
+	}
+	defer root.Close()
+	h, err := netlink.NewHandleAt(root)
+	if err != nil {
+		t.Errorf("netlink in root netns: %v", err)
+		return
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Errorf("list root links: %v", err)
+		return
+	}
+	leaked := map[string]bool{e.cfg.Name: true}
+	for _, id := range e.ids {
+		leaked[VethName(id)] = true
+	}
+	for _, l := range links {
+		if n := l.Attrs().Name; leaked[n] || strings.HasPrefix(n, e.prefix) {
+			t.Errorf("link %s leaked into the root netns", n)
+		}
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(root)))
+	if err != nil {
+		t.Errorf("nftables in root netns: %v", err)
+		return
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Errorf("list root nftables tables: %v", err)
+		return
+	}
+	for _, tb := range tables {
+		if strings.Contains(tb.Name, e.prefix) {
+			t.Errorf("nftables table %s leaked into the root netns", tb.Name)
+		}
+	}
+}
+
+// inNetNS runs fn on a locked thread inside the netns at path.
+func inNetNS(path string, fn func() error) error {
+	return onLockedThread(func() error {
+		ns, err := netns.GetFromPath(path)
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			return err
+		}
+		return fn()
+	})
+}
+
+// handleIn returns a netlink handle bound to the netns at path.
+func handleIn(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatalf("netlink in %s: %v", path, err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// serveRemoteAddr listens on TCP ip:0 inside the netns at nsPath and answers
+// each connection with the peer IP it sees. It returns the listen address.
+func serveRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
+	t.Helper()
+	var l net.Listener
+	err := inNetNS(nsPath, func() error {
+		var err error
+		l, err = net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", ip, nsPath, err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return // listener closed
+			}
+			peer := c.RemoteAddr().(*net.TCPAddr).IP.String()
+			c.SetDeadline(time.Now().Add(ioTimeout))
+			io.WriteString(c, peer)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+// peerSeenBy dials addr from inside the netns at nsPath and returns the peer
+// address the server reported.
+func peerSeenBy(nsPath, addr string) (string, error) {
+	var got string
+	err := inNetNS(nsPath, func() error {
+		c, err := net.DialTimeout("tcp", addr, ioTimeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	if err == nil && got == "" {
+		err = errors.New("empty answer")
+	}
+	return got, err
+}
+
+func readIPForward(t *testing.T, nsPath string) string {
+	t.Helper()
+	var v []byte
+	err := inNetNS(nsPath, func() error {
+		var err error
+		v, err = os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read ip_forward in %s: %v", nsPath, err)
+	}
+	return strings.TrimSpace(string(v))
+}

@@ -1,0 +1,91 @@
+package scheduler
+
+import (
+	"fmt"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+)
+
+// Filter decides whether a node can take a task. Filters are the seam where
+// placement rules are added (constraints, resources, ports): a new rule is a
+// new Filter in DefaultFilters, nothing else changes.
+//
+// A Filter is used by one Schedule call at a time and must not keep state
+// across SetTask calls other than what it derives from the task.
+type Filter interface {
+	// SetTask prepares the filter for t. It returns false when the filter
+	// does not apply to t (for example a constraint filter on a task with no
+	// constraints); Check is then not called for t.
+	SetTask(t *shoalpb.Task) bool
+	// Check reports whether the node can run the task given to SetTask. It
+	// must depend only on that task and on n, so a repeated Check gives the
+	// same answer until n changes.
+	Check(n *NodeInfo) bool
+	// Explain says why nodes failed Check, for the task's status message;
+	// nodes is how many failed (at least 1), e.g. "2 nodes not ready".
+	Explain(nodes int) string
+}
+
+// DefaultFilters returns the filters Schedule uses, cheapest and most
+// selective first: a node is counted against the first filter it fails, so
+// the order is also the order of the reasons in an explanation.
+func DefaultFilters() []Filter {
+	return []Filter{
+		&ReadyFilter{},
+		&DrainFilter{},
+		&PauseFilter{},
+	}
+}
+
+// plural formats "1 node <what>" / "N nodes <what>".
+func plural(n int, what string) string {
+	if n == 1 {
+		return fmt.Sprintf("1 node %s", what)
+	}
+	return fmt.Sprintf("%d nodes %s", n, what)
+}
+
+// ReadyFilter keeps nodes whose agent is connected (status READY).
+type ReadyFilter struct{}
+
+// SetTask implements Filter: readiness applies to every task.
+func (f *ReadyFilter) SetTask(*shoalpb.Task) bool { return true }
+
+// Check implements Filter.
+func (f *ReadyFilter) Check(n *NodeInfo) bool {
+	return n.Node.GetStatus().GetState() == shoalpb.NodeState_NODE_STATE_READY
+}
+
+// Explain implements Filter.
+func (f *ReadyFilter) Explain(nodes int) string { return plural(nodes, "not ready") }
+
+// DrainFilter drops drained nodes: their tasks move elsewhere and they take
+// no new ones.
+type DrainFilter struct{}
+
+// SetTask implements Filter: availability applies to every task.
+func (f *DrainFilter) SetTask(*shoalpb.Task) bool { return true }
+
+// Check implements Filter.
+func (f *DrainFilter) Check(n *NodeInfo) bool {
+	return n.Node.GetSpec().GetAvailability() != shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN
+}
+
+// Explain implements Filter.
+func (f *DrainFilter) Explain(nodes int) string { return plural(nodes, "drained") }
+
+// PauseFilter drops paused nodes: they keep their tasks but take no new ones.
+// An unspecified availability counts as active (the proto3 zero value of a
+// node nobody has configured).
+type PauseFilter struct{}
+
+// SetTask implements Filter: availability applies to every task.
+func (f *PauseFilter) SetTask(*shoalpb.Task) bool { return true }
+
+// Check implements Filter.
+func (f *PauseFilter) Check(n *NodeInfo) bool {
+	return n.Node.GetSpec().GetAvailability() != shoalpb.NodeAvailability_NODE_AVAILABILITY_PAUSE
+}
+
+// Explain implements Filter.
+func (f *PauseFilter) Explain(nodes int) string { return plural(nodes, "paused") }
