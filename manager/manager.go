@@ -337,35 +337,35 @@ func (m *Manager) startLeader(ctx context.Context) *leaderRun {
 	components := []struct {
 		name string
 		run  func(context.Context) error
+		// once: the component is done when it returns nil.
+		once bool
 	}{
-		{"dispatcher", m.dispatcher.Run},
-		{"allocator", m.allocator.Run},
-		{"orchestrator", m.orch.Run},
-		{"placement", m.placer.Run},
-		{"self", m.recordLeader},
+		{"dispatcher", m.dispatcher.Run, false},
+		{"allocator", m.allocator.Run, false},
+		{"orchestrator", m.orch.Run, false},
+		{"placement", m.placer.Run, false},
+		{"leader-record", m.recordLeader, true},
 	}
 	for _, c := range components {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			m.supervise(ctx, c.name, c.run)
+			m.supervise(ctx, c.name, c.run, c.once)
 		}()
 	}
 	return l
 }
 
-// supervise runs a leader component until ctx ends, running it again after
-// componentRestartDelay when it fails before that.
-func (m *Manager) supervise(ctx context.Context, name string, run func(context.Context) error) {
+// supervise runs a leader component until ctx ends (or, when once, until
+// it succeeds), running it again after componentRestartDelay when it fails
+// before that.
+func (m *Manager) supervise(ctx context.Context, name string, run func(context.Context) error, once bool) {
 	for {
 		err := run(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || (once && err == nil) {
 			return
 		}
 		if err == nil {
-			if name == "self" {
-				return // one-shot
-			}
 			err = errors.New("returned before it was stopped")
 		}
 		m.logger.Error("leader component failed; restarting", "component", name, "err", err, "delay", componentRestartDelay)

@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/overlay/bridge"
 	shoalpb "github.com/shoal-project/shoal/proto"
+	"github.com/shoal-project/shoal/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -224,6 +225,9 @@ func (d *Daemon) managerConfig() manager.Config {
 // startManager opens the manager's durable state and runs it.
 func (d *Daemon) startManager(ctx context.Context) error {
 	m, err := manager.New(d.managerConfig())
+	if errors.Is(err, raft.ErrCorrupt) {
+		return fmt.Errorf("refusing to start: the manager's Raft state is damaged and starting would lose cluster state; nothing on disk was changed. Restore %s from a backup or copy it aside to inspect: %w", d.cfg.DataDir, err)
+	}
 	if err != nil {
 		return fmt.Errorf("start manager: %w", err)
 	}

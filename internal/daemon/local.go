@@ -167,7 +167,8 @@ func (l *localServer) ServiceLogs(r *shoalpb.ServiceLogsRequest, stream shoalpb.
 					Time: timestamppb.New(line.Time), Stream: line.Stream, Line: line.Line,
 				})
 			})
-			if err != nil && !errors.Is(err, context.Canceled) {
+			// A task whose container was already removed has no logs left.
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, container.ErrNotFound) {
 				errs[i] = err
 			}
 		}()

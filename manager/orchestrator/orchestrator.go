@@ -30,9 +30,17 @@ const (
 	// default, enough to see why a task keeps failing.
 	DefaultTaskHistoryLimit = 5
 	// DefaultRestartDelay is how long a slot waits after its task finished
-	// before a replacement is created. Zero until restart policies exist;
-	// restartDelay is the hook they will set it through.
+	// before a replacement is created, when the task is the slot's only
+	// recent failure: zero, so a crashed container is replaced at once.
 	DefaultRestartDelay = 0 * time.Second
+	// RestartBackoffBase and RestartBackoffWindow slow down a slot whose
+	// tasks keep failing (a crash loop, an image that cannot be pulled):
+	// the n-th failure within the window waits base * 2^(n-2), so the
+	// managers do not write a new task to Raft every few milliseconds.
+	// With the default history of 5 tasks per slot the wait tops out at
+	// 4 s, close to Swarm's fixed 5 s restart delay.
+	RestartBackoffBase   = 500 * time.Millisecond
+	RestartBackoffWindow = time.Minute
 	// MaxWritesPerPass bounds the task writes of one store.Update: one
 	// Raft entry stays small when a service of thousands of tasks is
 	// scaled or removed; the service is reconciled again at once for the

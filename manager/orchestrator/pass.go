@@ -252,14 +252,30 @@ func (p *pass) global() {
 }
 
 // restartDelay is how long a slot waits before its finished task is
-// replaced. The hook restart policies will use.
-func restartDelay(*shoalpb.Service) time.Duration { return DefaultRestartDelay }
+// replaced: DefaultRestartDelay after a lone failure, backing off when
+// failures repeat within RestartBackoffWindow. The hook restart policies
+// will use.
+func (p *pass) restartDelay(slot uint64, nodeID string) time.Duration {
+	recent := 0
+	for _, t := range p.tasks {
+		if t.GetSlot() != slot || (slot == 0 && t.GetNodeId() != nodeID) || !terminal(t.GetStatus().GetState()) {
+			continue
+		}
+		if p.now.Sub(t.GetStatus().GetTimestamp().AsTime()) < RestartBackoffWindow {
+			recent++
+		}
+	}
+	if recent <= 1 {
+		return DefaultRestartDelay
+	}
+	return max(DefaultRestartDelay, RestartBackoffBase<<min(recent-2, 6))
+}
 
 // create adds a task for the slot (replicated) or node (global), unless the
 // slot's restart delay has not passed yet; then the pass asks to be woken
 // when it has.
 func (p *pass) create(slot uint64, nodeID string) {
-	if d := restartDelay(p.svc); d > 0 {
+	if d := p.restartDelay(slot, nodeID); d > 0 {
 		if last := p.lastFinished(slot, nodeID); !last.IsZero() {
 			if at := last.Add(d); p.now.Before(at) {
 				if p.wake.IsZero() || at.Before(p.wake) {
