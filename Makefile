@@ -73,9 +73,14 @@ demo: deps build images
 demo-stop:
 	./e2e/demo/demo.sh stop
 
+# Benchmarks, printed as Go's benchmark table: end-to-end convergence on a
+# simulated host beside bare runc, then the pure scheduler.
 bench: deps build images
+	@echo "== end to end (one simulated host): s/create-20 vs s/run-20"
 	SHOAL_BIN=$(CURDIR)/$(BIN) SHOAL_IMAGES=$(CURDIR)/$(IMAGES) \
-	  $(GO) test -run '^$$' -bench . -benchtime 1x ./e2e/...
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -count 3 ./e2e/
+	@echo "== scheduler"
+	$(GO) test -run '^$$' -bench . -benchmem ./scheduler/
 
 clean:
 	rm -rf $(BIN)

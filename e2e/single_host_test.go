@@ -1,6 +1,3 @@
-// Package e2e tests the real shoal and shoald binaries on simulated hosts.
-// It imports nothing of Shoal's internals: only the harness, which drives
-// the binaries.
 package e2e
 
 import (
