@@ -13,7 +13,7 @@ GOBIN_DIR := $(CURDIR)/$(BIN)/tools
 DEB_PKGS := runc nftables iproute2 busybox-static protobuf-compiler libprotobuf-dev \
             docker-registry iperf3 wrk curl ca-certificates
 
-.PHONY: all deps build proto images test unit e2e demo demo-stop lint bench clean
+.PHONY: all deps build proto proto-check images test unit e2e demo demo-stop lint bench clean
 
 all: build
 
@@ -46,6 +46,18 @@ proto: $(GOBIN_DIR)/protoc-gen-go $(GOBIN_DIR)/protoc-gen-go-grpc
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  proto/*.proto
 
+# Fails when the committed proto/*.pb.go differ from what `make proto`
+# would generate (run in `make test`, so CI catches a stale or hand-edited
+# generated file).
+proto-check: $(GOBIN_DIR)/protoc-gen-go $(GOBIN_DIR)/protoc-gen-go-grpc
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	PATH=$(GOBIN_DIR):$$PATH protoc -I proto -I /usr/include \
+	  --go_out=$$tmp --go_opt=paths=source_relative \
+	  --go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative proto/*.proto || exit 1; \
+	for f in $$tmp/*.pb.go; do \
+	  cmp -s $$f proto/$$(basename $$f) || { echo "proto/$$(basename $$f) is stale: run make proto"; exit 1; }; \
+	done; echo "proto: generated code is up to date"
+
 # Test images as OCI archives, built with go-containerregistry (no Docker).
 images:
 	$(GO) run ./e2e/cmd/mkimages -out $(IMAGES)
@@ -63,7 +75,7 @@ e2e: deps build images
 
 # The README's test command: installs what is missing, then runs lint, unit,
 # root integration and end-to-end tests.
-test: deps lint build images
+test: deps lint proto-check build images
 	SHOAL_BIN=$(CURDIR)/$(BIN) SHOAL_IMAGES=$(CURDIR)/$(IMAGES) \
 	  $(GO) test -count=1 -timeout 25m ./...
 

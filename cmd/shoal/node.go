@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"sort"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
@@ -90,27 +91,7 @@ hostname, or "self" for the node shoal talks to.`,
   shoal node inspect node-1 | jq '.[0].status'`,
 		Args: minArgs(1, "NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
-			if err != nil {
-				return err
-			}
-			var (
-				nodes []*shoalpb.Node
-				errs  []error
-			)
-			for _, arg := range args {
-				n, err := getNode(ctx, d, arg)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				nodes = append(nodes, n)
-			}
-			if err := writeJSONArray(a.stdout, nodes); err != nil {
-				return err
-			}
-			return reportAll(a, errs)
+			return inspectAll(cmd.Context(), a, args, getNode)
 		},
 	}
 }
@@ -130,6 +111,31 @@ func getNode(ctx context.Context, d *daemonClient, arg string) (*shoalpb.Node, e
 		return nil, fmt.Errorf("node %s: %w", arg, err)
 	}
 	return resp.GetNode(), nil
+}
+
+// inspectAll looks every argument up with get and prints what was found
+// as one JSON array; arguments that failed are reported after it.
+func inspectAll[M proto.Message](ctx context.Context, a *app, args []string, get func(context.Context, *daemonClient, string) (M, error)) error {
+	d, err := a.daemon(ctx)
+	if err != nil {
+		return err
+	}
+	var (
+		found []M
+		errs  []error
+	)
+	for _, arg := range args {
+		m, err := get(ctx, d, arg)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		found = append(found, m)
+	}
+	if err := writeJSONArray(a.stdout, found); err != nil {
+		return err
+	}
+	return reportAll(a, errs)
 }
 
 // reportAll prints every error of a command that went on after failures

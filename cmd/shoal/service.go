@@ -275,27 +275,7 @@ func newServiceInspectCmd(a *app) *cobra.Command {
   shoal service inspect web | jq '.[0].spec.container'`,
 		Args: minArgs(1, "SERVICE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
-			if err != nil {
-				return err
-			}
-			var (
-				svcs []*shoalpb.Service
-				errs []error
-			)
-			for _, arg := range args {
-				s, err := getService(ctx, d, arg)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				svcs = append(svcs, s)
-			}
-			if err := writeJSONArray(a.stdout, svcs); err != nil {
-				return err
-			}
-			return reportAll(a, errs)
+			return inspectAll(cmd.Context(), a, args, getService)
 		},
 	}
 }
