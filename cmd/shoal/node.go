@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"google.golang.org/protobuf/proto"
 	"sort"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 )
 
 // selfNode is the NODE argument that names the host shoal runs on, as in
