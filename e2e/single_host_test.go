@@ -126,7 +126,30 @@ func TestSingleHostLifecycle(t *testing.T) {
 		t.Errorf("service logs has no start line of the test app:\n%s", logs)
 	}
 
+	// An OCI-layout archive loads too, and a service's command replaces the
+	// image's CMD.
+	out = h.MustShoal("image", "load", "-i", filepath.Join(images, "busybox.oci.tar"))
+	if !strings.Contains(out, "shoal/busybox:latest") {
+		t.Fatalf("image load of the OCI archive said %q", out)
+	}
+	if ls := h.MustShoal("image", "ls"); !strings.Contains(ls, "shoal/busybox") || !strings.Contains(ls, "shoal/testapp") {
+		t.Errorf("image ls does not list both images:\n%s", ls)
+	}
+	h.MustShoal("service", "create", "--name", "bb", "--env", "GREETING=hello-from-bb", "shoal/busybox", "sh", "-c", "echo $GREETING; echo to-stderr >&2; exec sleep 600")
+	waitRunning(c, h, "bb", 1)
+	c.Eventually(waitConverge, "busybox service logs", func() error {
+		out, err := h.Shoal("service", "logs", "bb")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "hello-from-bb") {
+			return fmt.Errorf("logs of bb: %q", out)
+		}
+		return nil
+	})
+
 	// rm leaves nothing behind: containers, mounts, netns files, cgroups.
+	h.MustShoal("service", "rm", "bb")
 	h.MustShoal("service", "rm", "web")
 	c.Eventually(waitConverge, "everything of the service removed", func() error {
 		if ids, err := runningContainers(h); err != nil || len(ids) > 0 {

@@ -27,6 +27,13 @@ func (c *Cluster) Close() {
 			}
 			c.T.Logf("---- %s log (last %d lines, full log in %s) ----\n%s", h.Name, logTailLines, h.LogPath, strings.Join(lines, "\n"))
 		}
+		if log := c.RegistryLog(); log != "" {
+			lines := strings.Split(log, "\n")
+			if len(lines) > logTailLines {
+				lines = lines[len(lines)-logTailLines:]
+			}
+			c.T.Logf("---- registry log (last %d lines) ----\n%s", logTailLines, strings.Join(lines, "\n"))
+		}
 	}
 	for _, h := range c.Hosts {
 		h.Stop()
@@ -39,6 +46,7 @@ func (c *Cluster) Close() {
 		}
 		_ = exec.Command("ip", "netns", "del", h.NetNS).Run()
 	}
+	c.stopRegistry()
 	_ = exec.Command("ip", "netns", "del", c.swNS).Run()
 	if !c.T.Failed() || os.Getenv("SHOAL_KEEP") == "" {
 		_ = os.RemoveAll(c.Dir)

@@ -40,6 +40,7 @@ type Cluster struct {
 	Bin    string // directory with shoal and shoald
 	Hosts  []*Host
 	swNS   string
+	reg    *registry // started by StartRegistry; nil until then
 }
 
 // Host is one simulated host.
@@ -54,6 +55,7 @@ type Host struct {
 	LogPath      string
 	cmd          *exec.Cmd
 	exited       chan struct{}
+	args         []string // extra daemon arguments of the last Start, reused by Restart
 }
 
 // Requirements skips the test unless it can run real hosts here.
@@ -192,6 +194,7 @@ func (h *Host) Start(extraArgs ...string) {
 		t.Fatalf("%s: start shoald: %v", h.Name, err)
 	}
 	h.cmd = cmd
+	h.args = append([]string(nil), extraArgs...)
 	h.exited = make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
