@@ -2,11 +2,51 @@ package image
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
+
+// ErrInsecureRegistry is returned when a registry would be reached over
+// plain HTTP without the operator having marked it insecure.
+var ErrInsecureRegistry = errors.New("plain HTTP to a registry not marked insecure")
+
+// httpPolicy refuses plain HTTP to registries the operator did not mark
+// insecure. go-containerregistry falls back to HTTP for any RFC 1918
+// address; Shoal, like Docker, allows it only for loopback and for
+// Config.InsecureRegistries, so a private address cannot silently
+// downgrade a pull.
+type httpPolicy struct {
+	next    http.RoundTripper
+	allowed func(host string) bool
+}
+
+func (p httpPolicy) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !p.allowed(req.URL.Host) {
+		return nil, fmt.Errorf("%w: registry %s answers only over plain HTTP; if that is intended, start shoald with --insecure-registry %s", ErrInsecureRegistry, req.URL.Host, req.URL.Host)
+	}
+	return p.next.RoundTrip(req)
+}
+
+// plainHTTPAllowed reports whether host may be reached over plain HTTP.
+func (s *Store) plainHTTPAllowed(host string) bool {
+	if s.insecure[normaliseRegistry(host)] {
+		return true
+	}
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
 
 // Pull fetches ref from its registry (auth from authn.DefaultKeychain;
 // plain HTTP for Config.InsecureRegistries), reporting progress lines
@@ -38,6 +78,7 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(msg string))
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
 		remote.WithPlatform(hostPlatform()),
+		remote.WithTransport(httpPolicy{next: remote.DefaultTransport, allowed: s.plainHTTPAllowed}),
 	}
 	desc, err := remote.Get(r, opts...)
 	if err != nil {
