@@ -69,6 +69,22 @@ func TestBadInput(t *testing.T) {
 		return fmt.Errorf("no rejected task yet: %s", summarize(ts))
 	})
 
+	// Node availability and labels; a manager cannot be removed.
+	h.MustShoal("node", "update", "--availability", "pause", "--label-add", "zone=a", "self")
+	if ls := h.MustShoal("node", "ls"); !strings.Contains(ls, "Pause") {
+		t.Errorf("node ls after pause:\n%s", ls)
+	}
+	if out := h.MustShoal("node", "inspect", "self"); !strings.Contains(out, `"zone": "a"`) {
+		t.Errorf("node inspect has no zone label:\n%s", out)
+	}
+	h.MustShoal("node", "update", "--availability", "active", "--label-rm", "zone", "self")
+	if out := h.MustShoal("node", "inspect", "self"); strings.Contains(out, `"zone"`) {
+		t.Errorf("label still there after --label-rm:\n%s", out)
+	}
+	if _, err := h.Shoal("node", "rm", "--force", "self"); err == nil || !strings.Contains(err.Error(), "demote") {
+		t.Errorf("node rm of the manager: %v, want a refusal saying to demote it", err)
+	}
+
 	// A corrupt Raft log: the daemon refuses to start and says where.
 	h.Stop()
 	wal := findFile(t, h.DataDir, "wal-")

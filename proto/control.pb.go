@@ -752,6 +752,199 @@ func (x *GetNodeResponse) GetNode() *Node {
 	return nil
 }
 
+type UpdateNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node is an id, unique id prefix or hostname.
+	Node          string    `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Version       uint64    `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Spec          *NodeSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNodeRequest) Reset() {
+	*x = UpdateNodeRequest{}
+	mi := &file_control_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNodeRequest) ProtoMessage() {}
+
+func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
+func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UpdateNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *UpdateNodeRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UpdateNodeRequest) GetSpec() *NodeSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type UpdateNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNodeResponse) Reset() {
+	*x = UpdateNodeResponse{}
+	mi := &file_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNodeResponse) ProtoMessage() {}
+
+func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
+func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RemoveNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RemoveNodeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{19}
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -760,7 +953,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +965,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +978,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 type ListNodesResponse struct {
@@ -797,7 +990,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +1002,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +1015,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -840,7 +1033,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1045,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1058,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 type GetClusterResponse struct {
@@ -877,7 +1070,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1082,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1095,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -953,13 +1146,23 @@ const file_control_proto_rawDesc = "" +
 	"\x0eGetNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"5\n" +
 	"\x0fGetNodeResponse\x12\"\n" +
-	"\x04node\x18\x01 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"\x12\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"i\n" +
+	"\x11UpdateNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12&\n" +
+	"\x04spec\x18\x03 \x01(\v2\x12.shoal.v1.NodeSpecR\x04spec\"8\n" +
+	"\x12UpdateNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"=\n" +
+	"\x11RemoveNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
+	"\x12RemoveNodeResponse\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xec\x05\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xfe\x06\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -971,6 +1174,10 @@ const file_control_proto_rawDesc = "" +
 	"\tListTasks\x12\x1a.shoal.v1.ListTasksRequest\x1a\x1b.shoal.v1.ListTasksResponse\x12>\n" +
 	"\aGetNode\x12\x18.shoal.v1.GetNodeRequest\x1a\x19.shoal.v1.GetNodeResponse\x12D\n" +
 	"\tListNodes\x12\x1a.shoal.v1.ListNodesRequest\x1a\x1b.shoal.v1.ListNodesResponse\x12G\n" +
+	"\n" +
+	"UpdateNode\x12\x1b.shoal.v1.UpdateNodeRequest\x1a\x1c.shoal.v1.UpdateNodeResponse\x12G\n" +
+	"\n" +
+	"RemoveNode\x12\x1b.shoal.v1.RemoveNodeRequest\x1a\x1c.shoal.v1.RemoveNodeResponse\x12G\n" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
 
@@ -986,7 +1193,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),  // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil), // 1: shoal.v1.CreateServiceResponse
@@ -1004,55 +1211,66 @@ var file_control_proto_goTypes = []any{
 	(*ListTasksResponse)(nil),     // 13: shoal.v1.ListTasksResponse
 	(*GetNodeRequest)(nil),        // 14: shoal.v1.GetNodeRequest
 	(*GetNodeResponse)(nil),       // 15: shoal.v1.GetNodeResponse
-	(*ListNodesRequest)(nil),      // 16: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 17: shoal.v1.ListNodesResponse
-	(*GetClusterRequest)(nil),     // 18: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),    // 19: shoal.v1.GetClusterResponse
-	(*ServiceSpec)(nil),           // 20: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 21: shoal.v1.Service
-	(*Task)(nil),                  // 22: shoal.v1.Task
-	(TaskState)(0),                // 23: shoal.v1.TaskState
-	(*Node)(nil),                  // 24: shoal.v1.Node
-	(*Cluster)(nil),               // 25: shoal.v1.Cluster
+	(*UpdateNodeRequest)(nil),     // 16: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),    // 17: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),     // 18: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 19: shoal.v1.RemoveNodeResponse
+	(*ListNodesRequest)(nil),      // 20: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 21: shoal.v1.ListNodesResponse
+	(*GetClusterRequest)(nil),     // 22: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),    // 23: shoal.v1.GetClusterResponse
+	(*ServiceSpec)(nil),           // 24: shoal.v1.ServiceSpec
+	(*Service)(nil),               // 25: shoal.v1.Service
+	(*Task)(nil),                  // 26: shoal.v1.Task
+	(TaskState)(0),                // 27: shoal.v1.TaskState
+	(*Node)(nil),                  // 28: shoal.v1.Node
+	(*NodeSpec)(nil),              // 29: shoal.v1.NodeSpec
+	(*Cluster)(nil),               // 30: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	20, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	21, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	21, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	21, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	20, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	21, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	22, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	23, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	22, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	24, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	24, // 10: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	25, // 11: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	0,  // 12: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 13: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 14: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	6,  // 15: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	8,  // 16: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	10, // 17: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
-	12, // 18: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 19: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	16, // 20: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	18, // 21: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	1,  // 22: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 23: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	5,  // 24: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	7,  // 25: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	9,  // 26: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	11, // 27: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	13, // 28: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 29: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	17, // 30: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	19, // 31: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	22, // [22:32] is the sub-list for method output_type
-	12, // [12:22] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	24, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	25, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	25, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	25, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	24, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	25, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	26, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	27, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	26, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	28, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	29, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	28, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	28, // 12: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	30, // 13: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	0,  // 14: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 15: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 16: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	6,  // 17: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	8,  // 18: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	10, // 19: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
+	12, // 20: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 21: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	20, // 22: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	16, // 23: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	18, // 24: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	22, // 25: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	1,  // 26: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 27: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	5,  // 28: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	7,  // 29: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	9,  // 30: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	11, // 31: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	13, // 32: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 33: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	21, // 34: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	17, // 35: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	19, // 36: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	23, // 37: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	26, // [26:38] is the sub-list for method output_type
+	14, // [14:26] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1067,7 +1285,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,8 +16,8 @@ const selfNode = "self"
 
 func newNodeCmd(a *app) *cobra.Command {
 	return newGroupCmd("node", "Manage the cluster's nodes",
-		"List and inspect the hosts of the cluster. Needs a manager.",
-		newNodeLsCmd(a), newNodeInspectCmd(a))
+		"List, inspect, update and remove the hosts of the cluster. Needs a manager.",
+		newNodeLsCmd(a), newNodeInspectCmd(a), newNodeUpdateCmd(a), newNodeRmCmd(a))
 }
 
 func newNodeLsCmd(a *app) *cobra.Command {

@@ -92,6 +92,24 @@ func TestUsageAndDaemonErrors(t *testing.T) {
 			wantStderr: []string{`Error: scale: "web=x": expected SERVICE=REPLICAS`},
 		},
 		{
+			name:       "bad availability",
+			args:       []string{"node", "update", "--availability", "off", "n1"},
+			wantCode:   exitUsage,
+			wantStderr: []string{`Error: --availability must be active, pause or drain, got "off"`},
+		},
+		{
+			name:       "node update with nothing to change",
+			args:       []string{"node", "update", "n1"},
+			wantCode:   exitUsage,
+			wantStderr: []string{"Error: nothing to change"},
+		},
+		{
+			name:       "bad label",
+			args:       []string{"node", "update", "--label-add", "zone", "n1"},
+			wantCode:   exitUsage,
+			wantStderr: []string{`Error: --label-add "zone" must be KEY=VALUE`},
+		},
+		{
 			name:       "mistyped command",
 			args:       []string{"serivce", "ls"},
 			wantCode:   exitUsage,

@@ -97,6 +97,22 @@ func (p *controlProxy) ListNodes(ctx context.Context, r *shoalpb.ListNodesReques
 	return c.ListNodes(ctx, r)
 }
 
+func (p *controlProxy) UpdateNode(ctx context.Context, r *shoalpb.UpdateNodeRequest) (*shoalpb.UpdateNodeResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.UpdateNode(ctx, r)
+}
+
+func (p *controlProxy) RemoveNode(ctx context.Context, r *shoalpb.RemoveNodeRequest) (*shoalpb.RemoveNodeResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.RemoveNode(ctx, r)
+}
+
 func (p *controlProxy) GetCluster(ctx context.Context, r *shoalpb.GetClusterRequest) (*shoalpb.GetClusterResponse, error) {
 	c, err := p.control()
 	if err != nil {

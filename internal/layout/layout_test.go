@@ -22,10 +22,11 @@ var allowed = []struct {
 	{"healthcheck", nil},
 	{"overlay", nil},
 	{"raft", []string{"proto"}},
-	{"manager", []string{"raft", "scheduler", "proto"}},
-	{"agent", []string{"healthcheck", "overlay", "proto"}},
+	{"manager", []string{"raft", "scheduler", "proto", "internal/ca"}},
+	{"agent", []string{"healthcheck", "overlay", "proto", "internal/ca"}},
 	{"e2e", nil},
 	{"internal/layout", nil},
+	{"internal/ca", []string{"proto"}}, // certificates, tokens, authorisation: shared by managers and agents
 	{"internal/daemon", []string{""}}, // the daemon's wiring: everything
 	{"cmd", []string{""}},
 }
