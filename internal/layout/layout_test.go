@@ -27,7 +27,7 @@ var allowed = []struct {
 	{"e2e", nil},
 	{"internal/layout", nil},
 	{"internal/ca", []string{"proto"}}, // certificates, tokens, authorisation: shared by managers and agents
-	{"internal/daemon", []string{""}}, // the daemon's wiring: everything
+	{"internal/daemon", []string{""}},  // the daemon's wiring: everything
 	{"cmd", []string{""}},
 }
 
