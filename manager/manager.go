@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-project/shoal/manager/allocator"
 	"github.com/shoal-project/shoal/manager/controlapi"
 	"github.com/shoal-project/shoal/manager/dispatcher"
+	"github.com/shoal-project/shoal/manager/nodeca"
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/placement"
 	"github.com/shoal-project/shoal/manager/store"
@@ -66,6 +67,9 @@ type Config struct {
 	TickInterval     time.Duration
 	ElectionTicks    int
 	SnapshotInterval uint64
+	// AdvertiseAddr is the host:port other hosts reach this manager at; it
+	// is what join tokens point joining hosts to.
+	AdvertiseAddr string
 	// HeartbeatPeriod is the dispatcher's agent heartbeat period; 0 means
 	// dispatcher.DefaultHeartbeatPeriod.
 	HeartbeatPeriod time.Duration
@@ -178,13 +182,19 @@ func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done 
 		}
 	}
 	hostname, _ := os.Hostname() // a description only; the agent reports its own
-	err := m.store.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
+	clusterID := store.NewID()
+	sec, err := nodeca.NewSecurity(clusterID, time.Now())
+	if err != nil {
+		return err
+	}
+	err = m.store.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
 		b.CreateCluster(&shoalpb.Cluster{
-			Id: store.NewID(),
+			Id: clusterID,
 			Spec: &shoalpb.ClusterSpec{
 				Name:             clusterName,
 				TaskHistoryLimit: DefaultTaskHistoryLimit,
 			},
+			Security: sec,
 		})
 		if tx.GetNode(m.cfg.NodeID) == nil {
 			b.CreateNode(&shoalpb.Node{
@@ -195,7 +205,7 @@ func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done 
 				},
 				Description:   &shoalpb.NodeDescription{Hostname: hostname},
 				Role:          shoalpb.NodeRole_NODE_ROLE_MANAGER,
-				ManagerStatus: &shoalpb.ManagerStatus{RaftId: m.cfg.RaftID, Leader: true, Reachability: "reachable"},
+				ManagerStatus: &shoalpb.ManagerStatus{RaftId: m.cfg.RaftID, Addr: m.cfg.AdvertiseAddr, Leader: true, Reachability: "reachable"},
 			})
 		}
 		return nil
@@ -220,6 +230,7 @@ type Manager struct {
 	allocator  *allocator.Allocator
 	orch       *orchestrator.Orchestrator
 	placer     *placement.Placer
+	nodeCA     *nodeca.Server
 }
 
 // New opens the manager's Raft state in cfg.DataDir (created by Init, or
@@ -247,6 +258,7 @@ func New(cfg Config) (*Manager, error) {
 		allocator:  allocator.New(s, log.With("component", "allocator")),
 		orch:       orchestrator.New(s, orchestrator.Config{Logger: log.With("component", "orchestrator")}),
 		placer:     placement.New(s, log.With("component", "placement")),
+		nodeCA:     nodeca.New(s, nil, log.With("component", "nodeca")),
 	}, nil
 }
 
@@ -262,6 +274,7 @@ func (m *Manager) IsLeader() bool { return m.node.IsLeader() }
 func (m *Manager) Register(s *grpc.Server) {
 	shoalpb.RegisterControlServer(s, m.control)
 	shoalpb.RegisterDispatcherServer(s, m.dispatcher)
+	shoalpb.RegisterNodeCAServer(s, m.nodeCA)
 }
 
 // Run runs the Raft node and, while this manager is the leader, the leader
@@ -414,7 +427,7 @@ func (m *Manager) recordLeader(ctx context.Context) error {
 						Availability: shoalpb.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
 					},
 					Role:          shoalpb.NodeRole_NODE_ROLE_MANAGER,
-					ManagerStatus: &shoalpb.ManagerStatus{RaftId: m.cfg.RaftID, Leader: true, Reachability: "reachable"},
+					ManagerStatus: &shoalpb.ManagerStatus{RaftId: m.cfg.RaftID, Addr: m.cfg.AdvertiseAddr, Leader: true, Reachability: "reachable"},
 				})
 			}
 			return nil

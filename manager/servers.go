@@ -1,6 +1,9 @@
 package manager
 
-import shoalpb "github.com/shoal-project/shoal/proto"
+import (
+	"github.com/shoal-project/shoal/manager/nodeca"
+	shoalpb "github.com/shoal-project/shoal/proto"
+)
 
 // Control returns the manager's Control API implementation, for a daemon
 // that serves it behind its own socket.
@@ -8,3 +11,6 @@ func (m *Manager) Control() shoalpb.ControlServer { return m.control }
 
 // Dispatcher returns the manager's Dispatcher implementation.
 func (m *Manager) Dispatcher() shoalpb.DispatcherServer { return m.dispatcher }
+
+// NodeCA returns the manager's certificate authority for nodes.
+func (m *Manager) NodeCA() *nodeca.Server { return m.nodeCA }

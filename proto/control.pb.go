@@ -1025,6 +1025,111 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 	return nil
 }
 
+type GetJoinTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          NodeRole               `protobuf:"varint,1,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	Rotate        bool                   `protobuf:"varint,2,opt,name=rotate,proto3" json:"rotate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJoinTokenRequest) Reset() {
+	*x = GetJoinTokenRequest{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJoinTokenRequest) ProtoMessage() {}
+
+func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetJoinTokenRequest) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
+func (x *GetJoinTokenRequest) GetRotate() bool {
+	if x != nil {
+		return x.Rotate
+	}
+	return false
+}
+
+type GetJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// ManagerAddrs are the managers a joining host may contact.
+	ManagerAddrs  []string `protobuf:"bytes,2,rep,name=manager_addrs,json=managerAddrs,proto3" json:"manager_addrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJoinTokenResponse) Reset() {
+	*x = GetJoinTokenResponse{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJoinTokenResponse) ProtoMessage() {}
+
+func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *GetJoinTokenResponse) GetManagerAddrs() []string {
+	if x != nil {
+		return x.ManagerAddrs
+	}
+	return nil
+}
+
 type GetClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1033,7 +1138,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1150,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1163,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 type GetClusterResponse struct {
@@ -1070,7 +1175,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1187,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1200,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1159,10 +1264,16 @@ const file_control_proto_rawDesc = "" +
 	"\x12RemoveNodeResponse\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\"\x13\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\"U\n" +
+	"\x13GetJoinTokenRequest\x12&\n" +
+	"\x04role\x18\x01 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12\x16\n" +
+	"\x06rotate\x18\x02 \x01(\bR\x06rotate\"Q\n" +
+	"\x14GetJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12#\n" +
+	"\rmanager_addrs\x18\x02 \x03(\tR\fmanagerAddrs\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xfe\x06\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xcd\a\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1179,7 +1290,8 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"RemoveNode\x12\x1b.shoal.v1.RemoveNodeRequest\x1a\x1c.shoal.v1.RemoveNodeResponse\x12G\n" +
 	"\n" +
-	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
+	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12M\n" +
+	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1193,7 +1305,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),  // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil), // 1: shoal.v1.CreateServiceResponse
@@ -1217,60 +1329,66 @@ var file_control_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),    // 19: shoal.v1.RemoveNodeResponse
 	(*ListNodesRequest)(nil),      // 20: shoal.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),     // 21: shoal.v1.ListNodesResponse
-	(*GetClusterRequest)(nil),     // 22: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),    // 23: shoal.v1.GetClusterResponse
-	(*ServiceSpec)(nil),           // 24: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 25: shoal.v1.Service
-	(*Task)(nil),                  // 26: shoal.v1.Task
-	(TaskState)(0),                // 27: shoal.v1.TaskState
-	(*Node)(nil),                  // 28: shoal.v1.Node
-	(*NodeSpec)(nil),              // 29: shoal.v1.NodeSpec
-	(*Cluster)(nil),               // 30: shoal.v1.Cluster
+	(*GetJoinTokenRequest)(nil),   // 22: shoal.v1.GetJoinTokenRequest
+	(*GetJoinTokenResponse)(nil),  // 23: shoal.v1.GetJoinTokenResponse
+	(*GetClusterRequest)(nil),     // 24: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),    // 25: shoal.v1.GetClusterResponse
+	(*ServiceSpec)(nil),           // 26: shoal.v1.ServiceSpec
+	(*Service)(nil),               // 27: shoal.v1.Service
+	(*Task)(nil),                  // 28: shoal.v1.Task
+	(TaskState)(0),                // 29: shoal.v1.TaskState
+	(*Node)(nil),                  // 30: shoal.v1.Node
+	(*NodeSpec)(nil),              // 31: shoal.v1.NodeSpec
+	(NodeRole)(0),                 // 32: shoal.v1.NodeRole
+	(*Cluster)(nil),               // 33: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	24, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	25, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	25, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	25, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	24, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	25, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	26, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	27, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	26, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	28, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	29, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	28, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	28, // 12: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	30, // 13: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	0,  // 14: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 15: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 16: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	6,  // 17: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	8,  // 18: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	10, // 19: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
-	12, // 20: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 21: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	20, // 22: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	16, // 23: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	18, // 24: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	22, // 25: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	1,  // 26: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 27: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	5,  // 28: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	7,  // 29: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	9,  // 30: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	11, // 31: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	13, // 32: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 33: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	21, // 34: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	17, // 35: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	19, // 36: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	23, // 37: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	26, // [26:38] is the sub-list for method output_type
-	14, // [14:26] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	26, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	27, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	27, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	27, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	26, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	27, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	28, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	29, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	28, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	30, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	31, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	30, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	30, // 12: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	32, // 13: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	33, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	0,  // 15: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 16: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 17: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	6,  // 18: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	8,  // 19: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	10, // 20: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
+	12, // 21: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 22: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	20, // 23: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	16, // 24: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	18, // 25: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	24, // 26: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	22, // 27: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
+	1,  // 28: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 29: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	5,  // 30: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	7,  // 31: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	9,  // 32: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	11, // 33: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	13, // 34: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 35: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	21, // 36: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	17, // 37: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	19, // 38: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	25, // 39: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	23, // 40: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	28, // [28:41] is the sub-list for method output_type
+	15, // [15:28] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1285,7 +1403,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

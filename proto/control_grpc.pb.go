@@ -31,6 +31,7 @@ const (
 	Control_UpdateNode_FullMethodName    = "/shoal.v1.Control/UpdateNode"
 	Control_RemoveNode_FullMethodName    = "/shoal.v1.Control/RemoveNode"
 	Control_GetCluster_FullMethodName    = "/shoal.v1.Control/GetCluster"
+	Control_GetJoinToken_FullMethodName  = "/shoal.v1.Control/GetJoinToken"
 )
 
 // ControlClient is the client API for Control service.
@@ -57,6 +58,9 @@ type ControlClient interface {
 	// tasks are orphaned and replaced elsewhere.
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*GetClusterResponse, error)
+	// GetJoinToken returns the token a host presents to join with a role,
+	// replacing it first when rotate is set (the old one stops working).
+	GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error)
 }
 
 type controlClient struct {
@@ -187,6 +191,16 @@ func (c *controlClient) GetCluster(ctx context.Context, in *GetClusterRequest, o
 	return out, nil
 }
 
+func (c *controlClient) GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJoinTokenResponse)
+	err := c.cc.Invoke(ctx, Control_GetJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -211,6 +225,9 @@ type ControlServer interface {
 	// tasks are orphaned and replaced elsewhere.
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error)
+	// GetJoinToken returns the token a host presents to join with a role,
+	// replacing it first when rotate is set (the old one stops working).
+	GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -256,6 +273,9 @@ func (UnimplementedControlServer) RemoveNode(context.Context, *RemoveNodeRequest
 }
 func (UnimplementedControlServer) GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetCluster not implemented")
+}
+func (UnimplementedControlServer) GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetJoinToken not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -494,6 +514,24 @@ func _Control_GetCluster_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_GetJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetJoinToken(ctx, req.(*GetJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -548,6 +586,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCluster",
 			Handler:    _Control_GetCluster_Handler,
+		},
+		{
+			MethodName: "GetJoinToken",
+			Handler:    _Control_GetJoinToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -238,6 +238,111 @@ func (x *InitClusterResponse) GetNodeId() string {
 	return ""
 }
 
+type JoinClusterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// RemoteAddr is a manager's host:port.
+	RemoteAddr    string `protobuf:"bytes,1,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinClusterRequest) Reset() {
+	*x = JoinClusterRequest{}
+	mi := &file_local_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinClusterRequest) ProtoMessage() {}
+
+func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
+func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *JoinClusterRequest) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
+func (x *JoinClusterRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type JoinClusterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinClusterResponse) Reset() {
+	*x = JoinClusterResponse{}
+	mi := &file_local_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinClusterResponse) ProtoMessage() {}
+
+func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
+func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JoinClusterResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *JoinClusterResponse) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
 type LoadImageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Chunk         []byte                 `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
@@ -247,7 +352,7 @@ type LoadImageRequest struct {
 
 func (x *LoadImageRequest) Reset() {
 	*x = LoadImageRequest{}
-	mi := &file_local_proto_msgTypes[4]
+	mi := &file_local_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +364,7 @@ func (x *LoadImageRequest) String() string {
 func (*LoadImageRequest) ProtoMessage() {}
 
 func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[4]
+	mi := &file_local_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +377,7 @@ func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageRequest.ProtoReflect.Descriptor instead.
 func (*LoadImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{4}
+	return file_local_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LoadImageRequest) GetChunk() []byte {
@@ -291,7 +396,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_local_proto_msgTypes[5]
+	mi := &file_local_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +408,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[5]
+	mi := &file_local_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +421,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{5}
+	return file_local_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LoadImageResponse) GetImages() []*ImageSummary {
@@ -335,7 +440,7 @@ type PullImageRequest struct {
 
 func (x *PullImageRequest) Reset() {
 	*x = PullImageRequest{}
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +452,7 @@ func (x *PullImageRequest) String() string {
 func (*PullImageRequest) ProtoMessage() {}
 
 func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +465,7 @@ func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
 func (*PullImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{6}
+	return file_local_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PullImageRequest) GetRef() string {
@@ -381,7 +486,7 @@ type PullImageProgress struct {
 
 func (x *PullImageProgress) Reset() {
 	*x = PullImageProgress{}
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +498,7 @@ func (x *PullImageProgress) String() string {
 func (*PullImageProgress) ProtoMessage() {}
 
 func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +511,7 @@ func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageProgress.ProtoReflect.Descriptor instead.
 func (*PullImageProgress) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{7}
+	return file_local_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PullImageProgress) GetMessage() string {
@@ -431,7 +536,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +548,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +561,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{8}
+	return file_local_proto_rawDescGZIP(), []int{10}
 }
 
 type ListImagesResponse struct {
@@ -468,7 +573,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +585,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +598,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{9}
+	return file_local_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListImagesResponse) GetImages() []*ImageSummary {
@@ -516,7 +621,7 @@ type ImageSummary struct {
 
 func (x *ImageSummary) Reset() {
 	*x = ImageSummary{}
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +633,7 @@ func (x *ImageSummary) String() string {
 func (*ImageSummary) ProtoMessage() {}
 
 func (x *ImageSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +646,7 @@ func (x *ImageSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSummary.ProtoReflect.Descriptor instead.
 func (*ImageSummary) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{10}
+	return file_local_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ImageSummary) GetRefs() []string {
@@ -584,7 +689,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +701,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +714,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{11}
+	return file_local_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ServiceLogsRequest) GetService() string {
@@ -648,7 +753,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +765,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +778,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{12}
+	return file_local_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -722,7 +827,7 @@ var File_local_proto protoreflect.FileDescriptor
 
 const file_local_proto_rawDesc = "" +
 	"\n" +
-	"\vlocal.proto\x12\bshoal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
+	"\vlocal.proto\x12\bshoal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\robjects.proto\"\r\n" +
 	"\vInfoRequest\"\x95\x01\n" +
 	"\fInfoResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -737,7 +842,14 @@ const file_local_proto_rawDesc = "" +
 	"\x13InitClusterResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"(\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"K\n" +
+	"\x12JoinClusterRequest\x12\x1f\n" +
+	"\vremote_addr\x18\x01 \x01(\tR\n" +
+	"remoteAddr\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"V\n" +
+	"\x13JoinClusterResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12&\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"(\n" +
 	"\x10LoadImageRequest\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"C\n" +
 	"\x11LoadImageResponse\x12.\n" +
@@ -766,10 +878,11 @@ const file_local_proto_rawDesc = "" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06stream\x18\x05 \x01(\tR\x06stream\x12\x12\n" +
-	"\x04line\x18\x06 \x01(\fR\x04line2\xa5\x03\n" +
+	"\x04line\x18\x06 \x01(\fR\x04line2\xf1\x03\n" +
 	"\x05Local\x125\n" +
 	"\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x16.shoal.v1.InfoResponse\x12J\n" +
-	"\vInitCluster\x12\x1c.shoal.v1.InitClusterRequest\x1a\x1d.shoal.v1.InitClusterResponse\x12F\n" +
+	"\vInitCluster\x12\x1c.shoal.v1.InitClusterRequest\x1a\x1d.shoal.v1.InitClusterResponse\x12J\n" +
+	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12F\n" +
 	"\tLoadImage\x12\x1a.shoal.v1.LoadImageRequest\x1a\x1b.shoal.v1.LoadImageResponse(\x01\x12F\n" +
 	"\tPullImage\x12\x1a.shoal.v1.PullImageRequest\x1a\x1b.shoal.v1.PullImageProgress0\x01\x12G\n" +
 	"\n" +
@@ -788,46 +901,52 @@ func file_local_proto_rawDescGZIP() []byte {
 	return file_local_proto_rawDescData
 }
 
-var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_local_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: shoal.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: shoal.v1.InfoResponse
 	(*InitClusterRequest)(nil),    // 2: shoal.v1.InitClusterRequest
 	(*InitClusterResponse)(nil),   // 3: shoal.v1.InitClusterResponse
-	(*LoadImageRequest)(nil),      // 4: shoal.v1.LoadImageRequest
-	(*LoadImageResponse)(nil),     // 5: shoal.v1.LoadImageResponse
-	(*PullImageRequest)(nil),      // 6: shoal.v1.PullImageRequest
-	(*PullImageProgress)(nil),     // 7: shoal.v1.PullImageProgress
-	(*ListImagesRequest)(nil),     // 8: shoal.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 9: shoal.v1.ListImagesResponse
-	(*ImageSummary)(nil),          // 10: shoal.v1.ImageSummary
-	(*ServiceLogsRequest)(nil),    // 11: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),               // 12: shoal.v1.LogLine
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*JoinClusterRequest)(nil),    // 4: shoal.v1.JoinClusterRequest
+	(*JoinClusterResponse)(nil),   // 5: shoal.v1.JoinClusterResponse
+	(*LoadImageRequest)(nil),      // 6: shoal.v1.LoadImageRequest
+	(*LoadImageResponse)(nil),     // 7: shoal.v1.LoadImageResponse
+	(*PullImageRequest)(nil),      // 8: shoal.v1.PullImageRequest
+	(*PullImageProgress)(nil),     // 9: shoal.v1.PullImageProgress
+	(*ListImagesRequest)(nil),     // 10: shoal.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),    // 11: shoal.v1.ListImagesResponse
+	(*ImageSummary)(nil),          // 12: shoal.v1.ImageSummary
+	(*ServiceLogsRequest)(nil),    // 13: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),               // 14: shoal.v1.LogLine
+	(NodeRole)(0),                 // 15: shoal.v1.NodeRole
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_local_proto_depIdxs = []int32{
-	10, // 0: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
-	10, // 1: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
-	10, // 2: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
-	13, // 3: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
-	13, // 4: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	0,  // 5: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
-	2,  // 6: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
-	4,  // 7: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
-	6,  // 8: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
-	8,  // 9: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
-	11, // 10: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	1,  // 11: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
-	3,  // 12: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
-	5,  // 13: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
-	7,  // 14: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
-	9,  // 15: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
-	12, // 16: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	15, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
+	12, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
+	12, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
+	12, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
+	16, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
+	16, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	0,  // 6: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
+	2,  // 7: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
+	4,  // 8: shoal.v1.Local.JoinCluster:input_type -> shoal.v1.JoinClusterRequest
+	6,  // 9: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
+	8,  // 10: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
+	10, // 11: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
+	13, // 12: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	1,  // 13: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
+	3,  // 14: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
+	5,  // 15: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
+	7,  // 16: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
+	9,  // 17: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
+	11, // 18: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
+	14, // 19: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
+	13, // [13:20] is the sub-list for method output_type
+	6,  // [6:13] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_local_proto_init() }
@@ -835,13 +954,14 @@ func file_local_proto_init() {
 	if File_local_proto != nil {
 		return
 	}
+	file_objects_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_local_proto_rawDesc), len(file_local_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

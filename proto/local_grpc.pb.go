@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Local_Info_FullMethodName        = "/shoal.v1.Local/Info"
 	Local_InitCluster_FullMethodName = "/shoal.v1.Local/InitCluster"
+	Local_JoinCluster_FullMethodName = "/shoal.v1.Local/JoinCluster"
 	Local_LoadImage_FullMethodName   = "/shoal.v1.Local/LoadImage"
 	Local_PullImage_FullMethodName   = "/shoal.v1.Local/PullImage"
 	Local_ListImages_FullMethodName  = "/shoal.v1.Local/ListImages"
@@ -36,6 +37,8 @@ const (
 type LocalClient interface {
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
 	InitCluster(ctx context.Context, in *InitClusterRequest, opts ...grpc.CallOption) (*InitClusterResponse, error)
+	// JoinCluster makes this host a node of an existing cluster.
+	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error)
 	// LoadImage takes an OCI layout or docker-save archive in chunks.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
 	PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
@@ -66,6 +69,16 @@ func (c *localClient) InitCluster(ctx context.Context, in *InitClusterRequest, o
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(InitClusterResponse)
 	err := c.cc.Invoke(ctx, Local_InitCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *localClient) JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinClusterResponse)
+	err := c.cc.Invoke(ctx, Local_JoinCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +155,8 @@ type Local_ServiceLogsClient = grpc.ServerStreamingClient[LogLine]
 type LocalServer interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
 	InitCluster(context.Context, *InitClusterRequest) (*InitClusterResponse, error)
+	// JoinCluster makes this host a node of an existing cluster.
+	JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error)
 	// LoadImage takes an OCI layout or docker-save archive in chunks.
 	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
 	PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
@@ -163,6 +178,9 @@ func (UnimplementedLocalServer) Info(context.Context, *InfoRequest) (*InfoRespon
 }
 func (UnimplementedLocalServer) InitCluster(context.Context, *InitClusterRequest) (*InitClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method InitCluster not implemented")
+}
+func (UnimplementedLocalServer) JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method JoinCluster not implemented")
 }
 func (UnimplementedLocalServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
@@ -233,6 +251,24 @@ func _Local_InitCluster_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Local_JoinCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalServer).JoinCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Local_JoinCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalServer).JoinCluster(ctx, req.(*JoinClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Local_LoadImage_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(LocalServer).LoadImage(&grpc.GenericServerStream[LoadImageRequest, LoadImageResponse]{ServerStream: stream})
 }
@@ -294,6 +330,10 @@ var Local_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "InitCluster",
 			Handler:    _Local_InitCluster_Handler,
+		},
+		{
+			MethodName: "JoinCluster",
+			Handler:    _Local_JoinCluster_Handler,
 		},
 		{
 			MethodName: "ListImages",

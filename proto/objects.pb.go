@@ -361,7 +361,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17, 0}
+	return file_objects_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // Meta is carried by every stored object.
@@ -1562,18 +1562,89 @@ func (x *ClusterSpec) GetTaskHistoryLimit() int64 {
 	return 0
 }
 
+// ClusterSecurity is the cluster's root CA and join tokens. It is kept in
+// Raft for the managers only: the control API never returns it.
+type ClusterSecurity struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	CaCertPem        []byte                 `protobuf:"bytes,1,opt,name=ca_cert_pem,json=caCertPem,proto3" json:"ca_cert_pem,omitempty"`
+	CaKeyPem         []byte                 `protobuf:"bytes,2,opt,name=ca_key_pem,json=caKeyPem,proto3" json:"ca_key_pem,omitempty"`
+	WorkerJoinToken  string                 `protobuf:"bytes,3,opt,name=worker_join_token,json=workerJoinToken,proto3" json:"worker_join_token,omitempty"`
+	ManagerJoinToken string                 `protobuf:"bytes,4,opt,name=manager_join_token,json=managerJoinToken,proto3" json:"manager_join_token,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ClusterSecurity) Reset() {
+	*x = ClusterSecurity{}
+	mi := &file_objects_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterSecurity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterSecurity) ProtoMessage() {}
+
+func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterSecurity.ProtoReflect.Descriptor instead.
+func (*ClusterSecurity) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ClusterSecurity) GetCaCertPem() []byte {
+	if x != nil {
+		return x.CaCertPem
+	}
+	return nil
+}
+
+func (x *ClusterSecurity) GetCaKeyPem() []byte {
+	if x != nil {
+		return x.CaKeyPem
+	}
+	return nil
+}
+
+func (x *ClusterSecurity) GetWorkerJoinToken() string {
+	if x != nil {
+		return x.WorkerJoinToken
+	}
+	return ""
+}
+
+func (x *ClusterSecurity) GetManagerJoinToken() string {
+	if x != nil {
+		return x.ManagerJoinToken
+	}
+	return ""
+}
+
 type Cluster struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec          *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	Security      *ClusterSecurity       `protobuf:"bytes,4,opt,name=security,proto3" json:"security,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1656,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1669,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Cluster) GetId() string {
@@ -1618,6 +1689,13 @@ func (x *Cluster) GetMeta() *Meta {
 func (x *Cluster) GetSpec() *ClusterSpec {
 	if x != nil {
 		return x.Spec
+	}
+	return nil
+}
+
+func (x *Cluster) GetSecurity() *ClusterSecurity {
+	if x != nil {
+		return x.Security
 	}
 	return nil
 }
@@ -1642,7 +1720,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1732,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1745,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -1765,7 +1843,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1855,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1868,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -1813,7 +1891,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +1903,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +1916,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -1984,11 +2062,18 @@ const file_objects_proto_rawDesc = "" +
 	" \x01(\x04R\x0eserviceVersion\"O\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
-	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\"h\n" +
+	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\"\xa9\x01\n" +
+	"\x0fClusterSecurity\x12\x1e\n" +
+	"\vca_cert_pem\x18\x01 \x01(\fR\tcaCertPem\x12\x1c\n" +
+	"\n" +
+	"ca_key_pem\x18\x02 \x01(\fR\bcaKeyPem\x12*\n" +
+	"\x11worker_join_token\x18\x03 \x01(\tR\x0fworkerJoinToken\x12,\n" +
+	"\x12manager_join_token\x18\x04 \x01(\tR\x10managerJoinToken\"\x9f\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
-	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ClusterSpecR\x04spec\"\xed\x02\n" +
+	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ClusterSpecR\x04spec\x125\n" +
+	"\bsecurity\x18\x04 \x01(\v2\x19.shoal.v1.ClusterSecurityR\bsecurity\"\xed\x02\n" +
 	"\vStoreAction\x12.\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1a.shoal.v1.StoreAction.KindR\x04kind\x12)\n" +
 	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\x12$\n" +
@@ -2058,7 +2143,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                 // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),         // 1: shoal.v1.NodeAvailability
@@ -2082,43 +2167,44 @@ var file_objects_proto_goTypes = []any{
 	(*TaskStatus)(nil),            // 19: shoal.v1.TaskStatus
 	(*Task)(nil),                  // 20: shoal.v1.Task
 	(*ClusterSpec)(nil),           // 21: shoal.v1.ClusterSpec
-	(*Cluster)(nil),               // 22: shoal.v1.Cluster
-	(*StoreAction)(nil),           // 23: shoal.v1.StoreAction
-	(*StoreRequest)(nil),          // 24: shoal.v1.StoreRequest
-	(*StoreSnapshot)(nil),         // 25: shoal.v1.StoreSnapshot
-	nil,                           // 26: shoal.v1.NodeSpec.LabelsEntry
-	nil,                           // 27: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                           // 28: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                           // 29: shoal.v1.ServiceSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*ClusterSecurity)(nil),       // 22: shoal.v1.ClusterSecurity
+	(*Cluster)(nil),               // 23: shoal.v1.Cluster
+	(*StoreAction)(nil),           // 24: shoal.v1.StoreAction
+	(*StoreRequest)(nil),          // 25: shoal.v1.StoreRequest
+	(*StoreSnapshot)(nil),         // 26: shoal.v1.StoreSnapshot
+	nil,                           // 27: shoal.v1.NodeSpec.LabelsEntry
+	nil,                           // 28: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                           // 29: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                           // 30: shoal.v1.ServiceSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
 }
 var file_objects_proto_depIdxs = []int32{
-	30, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
-	30, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
+	31, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
-	26, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
+	27, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
 	8,  // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
 	9,  // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	27, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	28, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	30, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	31, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
 	6,  // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
 	7,  // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
 	10, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
 	11, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
 	12, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	28, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	31, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
-	29, // 18: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
+	29, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	32, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	30, // 18: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
 	14, // 19: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
 	15, // 20: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
 	16, // 21: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
 	6,  // 22: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
 	17, // 23: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	30, // 24: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
+	31, // 24: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
 	3,  // 25: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
 	4,  // 26: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
 	6,  // 27: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
@@ -2127,21 +2213,22 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 30: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
 	6,  // 31: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
 	21, // 32: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	5,  // 33: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
-	13, // 34: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
-	18, // 35: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
-	20, // 36: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
-	22, // 37: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
-	23, // 38: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
-	13, // 39: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
-	18, // 40: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
-	20, // 41: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
-	22, // 42: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	22, // 33: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
+	5,  // 34: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
+	13, // 35: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
+	18, // 36: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
+	20, // 37: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
+	23, // 38: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
+	24, // 39: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
+	13, // 40: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
+	18, // 41: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
+	20, // 42: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
+	23, // 43: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2153,7 +2240,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[17].OneofWrappers = []any{
+	file_objects_proto_msgTypes[18].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2165,7 +2252,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -21,6 +21,7 @@ import (
 	"github.com/shoal-project/shoal/agent"
 	"github.com/shoal-project/shoal/agent/container"
 	"github.com/shoal-project/shoal/agent/image"
+	"github.com/shoal-project/shoal/internal/ca"
 	"github.com/shoal-project/shoal/manager"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/overlay/bridge"
@@ -74,7 +75,11 @@ type Daemon struct {
 	runtime *container.Runtime
 	network *bridge.Driver
 
+	localConn *grpc.ClientConn // to the daemon's own socket; set in Run
+	bg        sync.WaitGroup   // listener and agent goroutines
+
 	mu         sync.Mutex // guards following
+	worker     bool       // joined a cluster as a worker
 	mgr        *manager.Manager
 	mgrDone    chan struct{}
 	mgrCancel  context.CancelFunc
@@ -143,18 +148,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("set up the local network: %w", err)
 	}
 
+	// Everything started below stops when Run returns, whatever the reason.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	d.mu.Lock()
 	d.runCtx = ctx
 	d.mu.Unlock()
-	has, err := manager.HasState(d.cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("read manager state: %w", err)
-	}
-	if has {
-		if err := d.startManager(ctx); err != nil {
-			return err
-		}
-	}
 
 	sock := SocketPath(d.cfg.RunDir)
 	_ = os.Remove(sock)
@@ -172,14 +171,94 @@ func (d *Daemon) Run(ctx context.Context) error {
 	shoalpb.RegisterDispatcherServer(srv, &dispatcherProxy{d: d})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
-	d.log.Info("shoald serving", "socket", sock, "node", d.nodeID, "manager", has)
+	defer srv.Stop()
 
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		srv.Stop()
 		return fmt.Errorf("connect to own socket: %w", err)
 	}
 	defer conn.Close()
+	d.localConn = conn
+
+	has, err := manager.HasState(d.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("read manager state: %w", err)
+	}
+	mem, joined, err := d.loadMembership()
+	if err != nil {
+		return err
+	}
+	switch {
+	case has:
+		if err := d.startManager(ctx); err != nil {
+			return err
+		}
+		if err := d.runAsManager(ctx); err != nil {
+			return err
+		}
+	case joined:
+		if err := d.runAsWorker(ctx, mem); err != nil {
+			return err
+		}
+	}
+	d.log.Info("shoald serving", "socket", sock, "node", d.nodeID, "manager", has, "worker", joined)
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serve local API: %w", err)
+	}
+	cancel()
+	srv.Stop()
+	d.bg.Wait()
+	d.stopManager()
+	return err
+}
+
+// runAsManager serves the cluster API on the network and runs this host's
+// agent against its own manager.
+func (d *Daemon) runAsManager(ctx context.Context) error {
+	creds, err := d.tlsMaterial()
+	if errors.Is(err, ca.ErrNotFound) {
+		// A manager without its own certificate (init stopped half-way):
+		// its CA issues one now.
+		if err := d.issueOwnCertificate(); err != nil {
+			return fmt.Errorf("issue this manager's certificate: %w", err)
+		}
+		creds, err = d.tlsMaterial()
+	}
+	if err != nil {
+		return err
+	}
+	d.goBackground(func() {
+		if err := d.serveNetwork(ctx, creds); err != nil {
+			d.log.Error("cluster listener stopped", "err", err)
+		}
+	})
+	return d.startAgent(ctx, d.localConn, nil)
+}
+
+// runAsWorker runs this host's agent against the managers it joined.
+func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
+	if len(mem.Managers) == 0 {
+		return fmt.Errorf("%s names no manager: join the cluster again", d.membershipPath())
+	}
+	creds, err := d.tlsMaterial()
+	if err != nil {
+		return err
+	}
+	conn, err := dialManager(mem.Managers[0], creds)
+	if err != nil {
+		return fmt.Errorf("connect to manager %s: %w", mem.Managers[0], err)
+	}
+	d.mu.Lock()
+	d.worker = true
+	d.mu.Unlock()
+	return d.startAgent(ctx, conn, conn.Close)
+}
+
+// startAgent runs the agent over conn until ctx ends, then calls done.
+func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, done func() error) error {
 	desc := agent.Describe()
 	desc.Addr = d.cfg.AdvertiseAddr
 	desc.ShoalVersion = Version
@@ -194,31 +273,32 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger: d.log,
 	})
 	if err != nil {
-		srv.Stop()
 		return err
 	}
-	agentDone := make(chan struct{})
-	go func() {
-		defer close(agentDone)
+	d.goBackground(func() {
 		_ = ag.Run(ctx)
-	}()
+		if done != nil {
+			_ = done()
+		}
+	})
+	return nil
+}
 
-	select {
-	case <-ctx.Done():
-	case err = <-serveErr:
-		err = fmt.Errorf("serve local API: %w", err)
-	}
-	srv.Stop()
-	<-agentDone
-	d.stopManager()
-	return err
+// goBackground runs f in a goroutine Run waits for before returning.
+func (d *Daemon) goBackground(f func()) {
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		f()
+	}()
 }
 
 func (d *Daemon) managerConfig() manager.Config {
 	return manager.Config{
-		DataDir: d.cfg.DataDir,
-		NodeID:  d.nodeID,
-		Logger:  d.log.With("component", "manager"),
+		DataDir:       d.cfg.DataDir,
+		NodeID:        d.nodeID,
+		AdvertiseAddr: d.advertiseAddr(),
+		Logger:        d.log.With("component", "manager"),
 	}
 }
 
@@ -265,13 +345,19 @@ func (d *Daemon) manager() (*manager.Manager, error) {
 	if d.clusterErr != nil {
 		return nil, fmt.Errorf("the manager on this node stopped: %w", d.clusterErr)
 	}
+	if d.mgr == nil && d.worker {
+		return nil, errWorker
+	}
 	if d.mgr == nil {
 		return nil, errNotManager
 	}
 	return d.mgr, nil
 }
 
-var errNotManager = errors.New("this node is not a manager of a cluster: run `shoal cluster init` first")
+var (
+	errNotManager = errors.New("this node is not a manager of a cluster: run `shoal cluster init` first")
+	errWorker     = errors.New("this node is a worker: run this command against a manager (--host)")
+)
 
 // loadNodeID reads this host's node id, creating it on first start.
 func loadNodeID(path string) (string, error) {

@@ -5,14 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/shoal-project/shoal/agent/container"
 	"github.com/shoal-project/shoal/agent/image"
+	"github.com/shoal-project/shoal/internal/ca"
 	"github.com/shoal-project/shoal/manager"
 	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -37,22 +43,32 @@ func (l *localServer) Info(ctx context.Context, _ *shoalpb.InfoRequest) (*shoalp
 
 func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterRequest) (*shoalpb.InitClusterResponse, error) {
 	d := l.d
-	d.mu.Lock()
-	running, runCtx := d.mgr != nil, d.runCtx
-	d.mu.Unlock()
-	if running {
-		return nil, status.Error(codes.FailedPrecondition, "this node is already part of a cluster")
+	if err := d.refuseIfInCluster(); err != nil {
+		return nil, err
 	}
+	d.mu.Lock()
+	runCtx := d.runCtx
+	d.mu.Unlock()
 	name := r.GetName()
 	if name == "" {
 		name = "default"
 	}
 	ictx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
-	if err := manager.Init(ictx, d.managerConfig(), name); err != nil {
+	cfg := d.managerConfig()
+	if a := r.GetAdvertiseAddr(); a != "" {
+		cfg.AdvertiseAddr = a
+	}
+	if err := manager.Init(ictx, cfg, name); err != nil {
 		return nil, status.Errorf(codes.Internal, "initialise the cluster: %v", err)
 	}
 	if err := d.startManager(runCtx); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if err := d.issueOwnCertificate(); err != nil {
+		return nil, status.Errorf(codes.Internal, "issue this manager's certificate: %v", err)
+	}
+	if err := d.runAsManager(runCtx); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	m, err := d.manager()
@@ -64,6 +80,66 @@ func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterReq
 		return nil, err
 	}
 	return &shoalpb.InitClusterResponse{ClusterId: c.GetCluster().GetId(), NodeId: d.nodeID}, nil
+}
+
+// joinTimeout bounds the certificate request to the manager.
+const joinTimeout = 30 * time.Second
+
+// JoinCluster makes this host a worker of the cluster a manager at
+// RemoteAddr belongs to. The token pins the cluster's CA: the host talks to
+// no manager whose certificate that CA did not sign.
+func (l *localServer) JoinCluster(ctx context.Context, r *shoalpb.JoinClusterRequest) (*shoalpb.JoinClusterResponse, error) {
+	d := l.d
+	if err := d.refuseIfInCluster(); err != nil {
+		return nil, err
+	}
+	tok, err := ca.ParseJoinToken(r.GetToken())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if _, _, err := net.SplitHostPort(r.GetRemoteAddr()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "manager address %q: expected HOST:PORT", r.GetRemoteAddr())
+	}
+	key, csr, err := ca.NewNodeKey()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "create node key: %v", err)
+	}
+	conn, err := grpc.NewClient(r.GetRemoteAddr(), grpc.WithTransportCredentials(credentials.NewTLS(ca.JoinClientTLSConfig(tok, ca.ManagerServerName))))
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "manager address %s: %v", r.GetRemoteAddr(), err)
+	}
+	defer conn.Close()
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	hostname, _ := os.Hostname()
+	resp, err := shoalpb.NewNodeCAClient(conn).IssueNodeCertificate(jctx, &shoalpb.IssueNodeCertificateRequest{
+		CsrPem: csr, Token: r.GetToken(), NodeId: d.nodeID, Hostname: hostname,
+	}, grpc.WaitForReady(true))
+	if err != nil {
+		st, _ := status.FromError(err)
+		return nil, status.Errorf(st.Code(), "join the cluster through %s: %s", r.GetRemoteAddr(), st.Message())
+	}
+	if resp.GetNodeId() != d.nodeID {
+		return nil, status.Errorf(codes.Internal, "the manager issued a certificate for node %s, not this node (%s)", resp.GetNodeId(), d.nodeID)
+	}
+	creds := ca.Credentials{CACertPEM: resp.GetCaCertPem(), CertPEM: resp.GetCertPem(), KeyPEM: key}
+	if err := ca.VerifyCA(creds.CACertPEM, tok); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "the manager sent a CA the join token does not name: %v", err)
+	}
+	if err := d.certStore().Save(creds); err != nil {
+		return nil, status.Errorf(codes.Internal, "save node certificates: %v", err)
+	}
+	mem := membership{Managers: []string{r.GetRemoteAddr()}}
+	if err := d.saveMembership(mem); err != nil {
+		return nil, status.Errorf(codes.Internal, "save cluster membership: %v", err)
+	}
+	d.mu.Lock()
+	runCtx := d.runCtx
+	d.mu.Unlock()
+	if err := d.runAsWorker(runCtx, mem); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	return &shoalpb.JoinClusterResponse{NodeId: d.nodeID, Role: resp.GetRole()}, nil
 }
 
 func (l *localServer) LoadImage(stream shoalpb.Local_LoadImageServer) error {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 
+	"github.com/shoal-project/shoal/internal/ca"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -113,6 +114,14 @@ func (p *controlProxy) RemoveNode(ctx context.Context, r *shoalpb.RemoveNodeRequ
 	return c.RemoveNode(ctx, r)
 }
 
+func (p *controlProxy) GetJoinToken(ctx context.Context, r *shoalpb.GetJoinTokenRequest) (*shoalpb.GetJoinTokenResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetJoinToken(ctx, r)
+}
+
 func (p *controlProxy) GetCluster(ctx context.Context, r *shoalpb.GetClusterRequest) (*shoalpb.GetClusterResponse, error) {
 	c, err := p.control()
 	if err != nil {
@@ -128,7 +137,13 @@ type dispatcherProxy struct {
 	d *Daemon
 }
 
-func (p *dispatcherProxy) dispatcher() (shoalpb.DispatcherServer, error) {
+// dispatcher returns the manager's dispatcher after checking that a caller
+// with a certificate speaks only for its own node (local-socket callers
+// carry none: they are this host's own agent).
+func (p *dispatcherProxy) dispatcher(ctx context.Context, nodeID string) (shoalpb.DispatcherServer, error) {
+	if id, ok := ca.IdentityFromContext(ctx); ok && id.NodeID != nodeID {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s may not speak for node %s", id.NodeID, nodeID)
+	}
 	m, err := p.d.manager()
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
@@ -137,7 +152,7 @@ func (p *dispatcherProxy) dispatcher() (shoalpb.DispatcherServer, error) {
 }
 
 func (p *dispatcherProxy) Session(r *shoalpb.SessionRequest, s shoalpb.Dispatcher_SessionServer) error {
-	d, err := p.dispatcher()
+	d, err := p.dispatcher(s.Context(), r.GetNodeId())
 	if err != nil {
 		return err
 	}
@@ -145,7 +160,7 @@ func (p *dispatcherProxy) Session(r *shoalpb.SessionRequest, s shoalpb.Dispatche
 }
 
 func (p *dispatcherProxy) Heartbeat(ctx context.Context, r *shoalpb.HeartbeatRequest) (*shoalpb.HeartbeatResponse, error) {
-	d, err := p.dispatcher()
+	d, err := p.dispatcher(ctx, r.GetNodeId())
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +168,7 @@ func (p *dispatcherProxy) Heartbeat(ctx context.Context, r *shoalpb.HeartbeatReq
 }
 
 func (p *dispatcherProxy) Assignments(r *shoalpb.AssignmentsRequest, s shoalpb.Dispatcher_AssignmentsServer) error {
-	d, err := p.dispatcher()
+	d, err := p.dispatcher(s.Context(), r.GetNodeId())
 	if err != nil {
 		return err
 	}
@@ -161,9 +176,24 @@ func (p *dispatcherProxy) Assignments(r *shoalpb.AssignmentsRequest, s shoalpb.D
 }
 
 func (p *dispatcherProxy) UpdateTaskStatus(ctx context.Context, r *shoalpb.UpdateTaskStatusRequest) (*shoalpb.UpdateTaskStatusResponse, error) {
-	d, err := p.dispatcher()
+	d, err := p.dispatcher(ctx, r.GetNodeId())
 	if err != nil {
 		return nil, err
 	}
 	return d.UpdateTaskStatus(ctx, r)
+}
+
+// nodeCAProxy serves the managers' certificate authority on the network
+// listener.
+type nodeCAProxy struct {
+	shoalpb.UnimplementedNodeCAServer
+	d *Daemon
+}
+
+func (p *nodeCAProxy) IssueNodeCertificate(ctx context.Context, r *shoalpb.IssueNodeCertificateRequest) (*shoalpb.IssueNodeCertificateResponse, error) {
+	m, err := p.d.manager()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return m.NodeCA().IssueNodeCertificate(ctx, r)
 }

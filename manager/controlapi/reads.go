@@ -92,7 +92,8 @@ func (s *Server) ListNodes(context.Context, *shoalpb.ListNodesRequest) (*shoalpb
 	return resp, nil
 }
 
-// GetCluster returns the cluster object; NotFound before the cluster is
+// GetCluster returns the cluster object without its security material (the
+// root CA key and the join tokens); NotFound before the cluster is
 // initialised.
 func (s *Server) GetCluster(context.Context, *shoalpb.GetClusterRequest) (*shoalpb.GetClusterResponse, error) {
 	var c *shoalpb.Cluster
@@ -100,5 +101,7 @@ func (s *Server) GetCluster(context.Context, *shoalpb.GetClusterRequest) (*shoal
 	if c == nil {
 		return nil, status.Error(codes.NotFound, "the cluster is not initialised")
 	}
-	return &shoalpb.GetClusterResponse{Cluster: proto.Clone(c).(*shoalpb.Cluster)}, nil
+	c = proto.Clone(c).(*shoalpb.Cluster)
+	c.Security = nil
+	return &shoalpb.GetClusterResponse{Cluster: c}, nil
 }

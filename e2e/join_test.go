@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shoal-project/shoal/e2e/harness"
+)
+
+// nodeID asks a host's daemon for its node id.
+func nodeID(t *testing.T, h *harness.Host) string {
+	t.Helper()
+	var info struct {
+		NodeID string `json:"nodeId"`
+	}
+	out := h.MustShoal("info", "--format", "json")
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.NodeID == "" {
+		t.Fatalf("shoal info --format json: %v: %s", err, out)
+	}
+	return info.NodeID
+}
+
+// TestWorkerJoin joins a second host as a worker over mutual TLS and runs a
+// service across both hosts, its image pulled from the test's registry.
+func TestWorkerJoin(t *testing.T) {
+	c := harness.New(t, 2)
+	images := harness.Images(t)
+	reg := c.StartRegistry()
+	ref := c.PushImage(filepath.Join(images, "testapp.tar"), "shoal/testapp:latest")
+	mgr, wrk := c.Hosts[0], c.Hosts[1]
+	mgr.Start("--insecure-registry", reg)
+	wrk.Start("--insecure-registry", reg)
+	mgr.MustShoal("cluster", "init")
+	managerAddr := mgr.Addr.String() + ":4242"
+
+	out := mgr.MustShoal("cluster", "join-token", "worker")
+	if !strings.Contains(out, "shoal cluster join --token SHOALTKN-1-") || !strings.Contains(out, managerAddr) {
+		t.Errorf("join-token output does not show the join command for %s:\n%s", managerAddr, out)
+	}
+	tok := strings.TrimSpace(mgr.MustShoal("cluster", "join-token", "-q", "worker"))
+
+	// Bad tokens are refused and say why.
+	forged := tok[:len(tok)-1] + map[bool]string{true: "b", false: "a"}[strings.HasSuffix(tok, "a")]
+	for _, bad := range []struct{ tok, want string }{
+		{"nonsense", "malformed"},
+		{forged, "refused"},
+	} {
+		if _, err := wrk.Shoal("cluster", "join", "--token", bad.tok, managerAddr); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("join with token %q: %v, want an error saying %q", bad.tok, err, bad.want)
+		}
+	}
+
+	out = wrk.MustShoal("cluster", "join", "--token", tok, managerAddr)
+	if !strings.Contains(out, "as a worker") {
+		t.Errorf("join said %q", out)
+	}
+	if _, err := wrk.Shoal("service", "ls"); err == nil || !strings.Contains(err.Error(), "worker") {
+		t.Errorf("service ls on the worker: %v, want it to say this node is a worker", err)
+	}
+	c.Eventually(waitConverge, "both nodes ready", func() error {
+		out, err := mgr.Shoal("node", "ls")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "Ready"); n != 2 {
+			return fmt.Errorf("%d nodes ready:\n%s", n, out)
+		}
+		return nil
+	})
+
+	// A service spreads over both hosts; every replica answers on its host.
+	mgr.MustShoal("service", "create", "--name", "web", "--replicas", "4", ref)
+	ts := waitRunning(c, mgr, "web", 4)
+	hosts := map[string]*harness.Host{nodeID(t, mgr): mgr, nodeID(t, wrk): wrk}
+	perNode := map[string]int{}
+	for _, x := range ts {
+		perNode[x.NodeID]++
+		h := hosts[x.NodeID]
+		if h == nil {
+			t.Fatalf("task %s on unknown node %s", x.ID, x.NodeID)
+		}
+		checkServes(t, h, []task{x})
+	}
+	for id, n := range perNode {
+		if n != 2 {
+			t.Errorf("node %s runs %d tasks, want 2 (spread): %v", id, n, perNode)
+		}
+	}
+
+	// The worker's daemon dies and comes back: it reconnects with its saved
+	// certificate and adopts its containers.
+	before, err := runningContainers(wrk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrk.Kill()
+	wrk.Start("--insecure-registry", reg)
+	after := waitRunning(c, mgr, "web", 4)
+	if ids(after) != ids(ts) {
+		t.Errorf("tasks after the worker restarted %s, want the same %s", ids(after), ids(ts))
+	}
+	now, err := runningContainers(wrk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(now, ",") != strings.Join(before, ",") {
+		t.Errorf("worker containers after restart %v, want %v", now, before)
+	}
+
+	mgr.MustShoal("service", "rm", "web")
+	c.Eventually(waitConverge, "containers removed on both hosts", func() error {
+		for _, h := range c.Hosts {
+			if ids, err := runningContainers(h); err != nil || len(ids) > 0 {
+				return fmt.Errorf("%s: %v %v", h.Name, ids, err)
+			}
+		}
+		return nil
+	})
+}

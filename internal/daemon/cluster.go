@@ -1,0 +1,182 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/shoal-project/shoal/internal/ca"
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+)
+
+// membership is what a host remembers of the cluster it joined, beside its
+// certificates.
+type membership struct {
+	// Managers are the managers' host:port addresses.
+	Managers []string `json:"managers"`
+}
+
+func (d *Daemon) certStore() ca.Store {
+	return ca.Store{Dir: filepath.Join(d.cfg.DataDir, "certificates")}
+}
+
+func (d *Daemon) membershipPath() string { return filepath.Join(d.cfg.DataDir, "cluster.json") }
+
+func (d *Daemon) loadMembership() (membership, bool, error) {
+	var m membership
+	b, err := os.ReadFile(d.membershipPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, fmt.Errorf("read cluster membership: %w", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, false, fmt.Errorf("read cluster membership %s: %w", d.membershipPath(), err)
+	}
+	return m, true, nil
+}
+
+func (d *Daemon) saveMembership(m membership) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileSync(d.membershipPath(), b)
+}
+
+// tlsMaterial loads the node's certificate and the cluster's CA pool.
+func (d *Daemon) tlsMaterial() (*ca.Credentials, error) {
+	creds, err := d.certStore().Load()
+	if err != nil {
+		return nil, fmt.Errorf("load node certificates: %w", err)
+	}
+	return &creds, nil
+}
+
+// dialManager connects to a manager over mutual TLS with the node's
+// certificate.
+func dialManager(addr string, creds *ca.Credentials) (*grpc.ClientConn, error) {
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := creds.CertPool()
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg := ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName)
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+}
+
+// clusterPolicy says which roles may call each method on the network
+// listener: the control API is the managers' (and operators' through a
+// manager's local socket); the dispatcher and certificate renewal are every
+// node's. Methods not listed are refused.
+func clusterPolicy() map[string][]ca.Role {
+	policy := map[string][]ca.Role{}
+	add := func(desc grpc.ServiceDesc, roles ...ca.Role) {
+		for _, m := range desc.Methods {
+			policy["/"+desc.ServiceName+"/"+m.MethodName] = roles
+		}
+		for _, s := range desc.Streams {
+			policy["/"+desc.ServiceName+"/"+s.StreamName] = roles
+		}
+	}
+	add(shoalpb.Control_ServiceDesc, ca.RoleManager)
+	add(shoalpb.Dispatcher_ServiceDesc, ca.RoleWorker, ca.RoleManager)
+	add(shoalpb.NodeCA_ServiceDesc, ca.RoleWorker, ca.RoleManager)
+	return policy
+}
+
+// serveNetwork serves the cluster API on --listen-addr over mutual TLS until
+// ctx ends. Only a host holding a certificate listens: there is never a
+// plaintext listener on the network.
+func (d *Daemon) serveNetwork(ctx context.Context, creds *ca.Credentials) error {
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return err
+	}
+	pool, err := creds.CertPool()
+	if err != nil {
+		return err
+	}
+	unary, stream := ca.AuthInterceptors(clusterPolicy(), map[string]bool{
+		"/" + shoalpb.NodeCA_ServiceDesc.ServiceName + "/IssueNodeCertificate": true,
+	})
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(ca.ServerTLSConfigAllowJoin(cert, pool))),
+		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainStreamInterceptor(stream),
+	)
+	shoalpb.RegisterControlServer(srv, &controlProxy{d: d})
+	shoalpb.RegisterDispatcherServer(srv, &dispatcherProxy{d: d})
+	shoalpb.RegisterNodeCAServer(srv, &nodeCAProxy{d: d})
+	lis, err := net.Listen("tcp", d.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", d.cfg.ListenAddr, err)
+	}
+	d.log.Info("serving the cluster API over mutual TLS", "addr", lis.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		srv.Stop()
+		<-errc
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", d.cfg.ListenAddr, err)
+	}
+}
+
+// issueOwnCertificate gives a new manager host its certificate from its own
+// CA.
+func (d *Daemon) issueOwnCertificate() error {
+	m, err := d.manager()
+	if err != nil {
+		return err
+	}
+	key, csr, err := ca.NewNodeKey()
+	if err != nil {
+		return err
+	}
+	cert, caCert, err := m.NodeCA().IssueOwn(csr, d.nodeID, ca.RoleManager)
+	if err != nil {
+		return err
+	}
+	return d.certStore().Save(ca.Credentials{CACertPEM: caCert, CertPEM: cert, KeyPEM: key})
+}
+
+// advertiseAddr is where other hosts reach this one: --advertise-addr, with
+// the listen port added when it names only a host.
+func (d *Daemon) advertiseAddr() string {
+	a := d.cfg.AdvertiseAddr
+	if a == "" {
+		return d.cfg.ListenAddr
+	}
+	if _, _, err := net.SplitHostPort(a); err != nil {
+		if _, port, err := net.SplitHostPort(d.cfg.ListenAddr); err == nil {
+			return net.JoinHostPort(a, port)
+		}
+	}
+	return a
+}
+
+// refuseIfInCluster refuses init or join on a host already in a cluster.
+func (d *Daemon) refuseIfInCluster() error {
+	d.mu.Lock()
+	inCluster := d.mgr != nil || d.worker
+	d.mu.Unlock()
+	if inCluster {
+		return status.Error(codes.FailedPrecondition, "this node is already part of a cluster")
+	}
+	return nil
+}
