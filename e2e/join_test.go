@@ -43,10 +43,10 @@ func TestWorkerJoin(t *testing.T) {
 	tok := strings.TrimSpace(mgr.MustShoal("cluster", "join-token", "-q", "worker"))
 
 	// Bad tokens are refused and say why.
-	forged := tok[:len(tok)-1] + map[bool]string{true: "b", false: "a"}[strings.HasSuffix(tok, "a")]
+	wrongSecret := tok[:len(tok)-1] + map[bool]string{true: "b", false: "a"}[strings.HasSuffix(tok, "a")]
 	for _, bad := range []struct{ tok, want string }{
 		{"nonsense", "malformed"},
-		{forged, "refused"},
+		{wrongSecret, "refused"},
 	} {
 		if _, err := wrk.Shoal("cluster", "join", "--token", bad.tok, managerAddr); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("join with token %q: %v, want an error saying %q", bad.tok, err, bad.want)
@@ -70,6 +70,23 @@ func TestWorkerJoin(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The control API over the network: a manager's certificate may call
+	// it; a worker's may not; a forged "manager" certificate is refused at
+	// the handshake. The CLI runs inside the worker host's namespace.
+	remote := func(tlsDir string, args ...string) (string, error) {
+		return wrk.Exec(append([]string{filepath.Join(c.Bin, "shoal"), "--host", "tcp://" + managerAddr, "--tls-dir", tlsDir}, args...)...)
+	}
+	if out, err := remote(filepath.Join(mgr.DataDir, "certificates"), "node", "ls"); err != nil || strings.Count(out, "Ready") != 2 {
+		t.Errorf("node ls over mTLS with a manager's certificate: %v\n%s", err, out)
+	}
+	if out, err := remote(filepath.Join(wrk.DataDir, "certificates"), "service", "ls"); err == nil || !strings.Contains(out, "requires manager") {
+		t.Errorf("service ls with a worker's certificate: %v\n%s; want a refusal saying it requires a manager", err, out)
+	}
+	forged := forgeCredentials(t, filepath.Join(mgr.DataDir, "certificates", "ca.crt"))
+	if out, err := remote(forged, "service", "ls"); err == nil {
+		t.Errorf("service ls with a forged manager certificate succeeded:\n%s", out)
+	}
 
 	// A service spreads over both hosts; every replica answers on its host.
 	mgr.MustShoal("service", "create", "--name", "web", "--replicas", "4", ref)

@@ -12,9 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-project/shoal/internal/ca"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -39,13 +41,12 @@ func newDaemonClient(conn *grpc.ClientConn) *daemonClient {
 }
 
 // socketPath turns a --host value into an absolute socket path. It accepts
-// "unix:///path" and a plain path; tcp:// (a remote manager over mTLS) is
-// not supported yet.
+// "unix:///path" and a plain path (tcp:// goes to dialTCP).
 func socketPath(host string) (string, error) {
 	p := host
 	if scheme, rest, ok := strings.Cut(host, "://"); ok {
 		if scheme != "unix" {
-			return "", usageErrorf("--host %q: only unix sockets are supported for now (unix:///path/to/shoal.sock or a path)", host)
+			return "", usageErrorf("--host %q: expected unix:///path/to/shoal.sock, a socket path, or tcp://MANAGER:PORT", host)
 		}
 		p = rest
 	}
@@ -61,8 +62,12 @@ func socketPath(host string) (string, error) {
 
 // dial connects to shoald at host and waits, at most connectTimeout, until
 // the connection is up, so that a missing daemon is one clear error rather
-// than a transport error from whichever call comes first.
-func dial(ctx context.Context, host string) (*grpc.ClientConn, error) {
+// than a transport error from whichever call comes first. A tcp:// host is a
+// manager reached over mutual TLS with the credentials in tlsDir.
+func dial(ctx context.Context, host, tlsDir string) (*grpc.ClientConn, error) {
+	if addr, ok := strings.CutPrefix(host, "tcp://"); ok {
+		return dialTCP(ctx, addr, tlsDir)
+	}
 	path, err := socketPath(host)
 	if err != nil {
 		return nil, err
@@ -90,17 +95,8 @@ func dial(ctx context.Context, host string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to shoald at %s: %w", path, err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	defer cancel()
-	conn.Connect()
-	for {
-		s := conn.GetState()
-		if s == connectivity.Ready {
-			return conn, nil
-		}
-		if s == connectivity.TransientFailure || s == connectivity.Shutdown || !conn.WaitForStateChange(cctx, s) {
-			break
-		}
+	if waitReady(ctx, conn) {
+		return conn, nil
 	}
 	_ = conn.Close()
 	if err := ctx.Err(); err != nil {
@@ -112,6 +108,57 @@ func dial(ctx context.Context, host string) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("cannot reach shoald at %s: permission denied (the socket is root-only: run shoal as root)", path)
 	}
 	return nil, fmt.Errorf("cannot reach shoald at %s: is the daemon running? (set --host or %s)", path, envHost)
+}
+
+// waitReady waits, at most connectTimeout, for conn to connect.
+func waitReady(ctx context.Context, conn *grpc.ClientConn) bool {
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn.Connect()
+	for {
+		s := conn.GetState()
+		if s == connectivity.Ready {
+			return true
+		}
+		if s == connectivity.TransientFailure || s == connectivity.Shutdown || !conn.WaitForStateChange(cctx, s) {
+			return false
+		}
+	}
+}
+
+// dialTCP connects to a manager's cluster API over mutual TLS, presenting
+// the node credentials (ca.crt, node.crt, node.key) found in tlsDir. Only
+// the control API is served there: the commands about one host's images,
+// logs and membership need that host's own socket.
+func dialTCP(ctx context.Context, addr, tlsDir string) (*grpc.ClientConn, error) {
+	creds, err := ca.Store{Dir: tlsDir}.Load()
+	if err != nil {
+		return nil, fmt.Errorf("load TLS credentials from %s (set --tls-dir): %w", tlsDir, err)
+	}
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, fmt.Errorf("TLS credentials in %s: %w", tlsDir, err)
+	}
+	pool, err := creds.CertPool()
+	if err != nil {
+		return nil, fmt.Errorf("TLS credentials in %s: %w", tlsDir, err)
+	}
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName))),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors),
+		grpc.WithChainStreamInterceptor(cleanStreamErrors),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("--host tcp://%s: %w", addr, err)
+	}
+	if waitReady(ctx, conn) {
+		return conn, nil
+	}
+	_ = conn.Close()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("cannot reach a manager at %s over mutual TLS: is it up, and is %s a certificate of its cluster?", addr, tlsDir)
 }
 
 // rpcError is a gRPC error that prints as its status message alone, without

@@ -7,6 +7,8 @@ import (
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -60,8 +62,10 @@ managers and empty for workers.`,
 			case format == formatJSON:
 				return writeJSONArray(a.stdout, nodes)
 			}
+			// Over tcp:// there is no local node to mark: a manager's
+			// network listener serves only the cluster API.
 			info, err := d.local.Info(ctx, &shoalpb.InfoRequest{})
-			if err != nil {
+			if err != nil && status.Code(err) != codes.Unimplemented {
 				return fmt.Errorf("identify this node: %w", err)
 			}
 			w := newTable(a.stdout)

@@ -27,6 +27,14 @@ const suggestDistance = 2
 // envHost names the environment variable that replaces --host's default.
 const envHost = "SHOAL_HOST"
 
+// envTLSDir names the environment variable that replaces --tls-dir's
+// default, and defaultTLSDir is where shoald keeps a node's credentials
+// with its default --data-dir.
+const (
+	envTLSDir     = "SHOAL_TLS_DIR"
+	defaultTLSDir = "/var/lib/shoal/certificates"
+)
+
 // usageError is an error in how a command was called: run prints the usage
 // hint after it and exits with exitUsage.
 type usageError struct{ err error }
@@ -49,7 +57,8 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
-	host string // --host
+	host   string // --host
+	tlsDir string // --tls-dir
 
 	conn   *grpc.ClientConn // nil until dialled
 	client *daemonClient
@@ -100,7 +109,7 @@ func (a *app) daemon(ctx context.Context) (*daemonClient, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	conn, err := dial(ctx, a.host)
+	conn, err := dial(ctx, a.host, a.tlsDir)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +149,13 @@ then run services with 'shoal service create'.`,
 		host = h
 	}
 	root.PersistentFlags().StringVarP(&a.host, "host", "H", host,
-		"shoald to talk to: unix:///path/to/shoal.sock or a socket path (env "+envHost+")")
+		"shoald to talk to: unix:///path/to/shoal.sock, a socket path, or tcp://MANAGER:PORT over mutual TLS (env "+envHost+")")
+	tlsDir := defaultTLSDir
+	if d := getenv(envTLSDir); d != "" {
+		tlsDir = d
+	}
+	root.PersistentFlags().StringVar(&a.tlsDir, "tls-dir", tlsDir,
+		"with tcp:// hosts: directory with the cluster credentials ca.crt, node.crt, node.key (env "+envTLSDir+")")
 
 	root.AddCommand(
 		newClusterCmd(a),

@@ -128,10 +128,16 @@ func TestUsageAndDaemonErrors(t *testing.T) {
 			wantStderr: []string{`Error: --format must be table or json, got "yaml"`},
 		},
 		{
-			name:       "tcp host not supported yet",
-			args:       []string{"--host", "tcp://manager:4242", "node", "ls"},
+			name:       "tcp host without credentials",
+			args:       []string{"--host", "tcp://manager:4242", "--tls-dir", "/nonexistent", "node", "ls"},
+			wantCode:   exitFailure,
+			wantStderr: []string{"load TLS credentials from /nonexistent (set --tls-dir)"},
+		},
+		{
+			name:       "unknown host scheme",
+			args:       []string{"--host", "ftp://manager", "node", "ls"},
 			wantCode:   exitUsage,
-			wantStderr: []string{`--host "tcp://manager:4242": only unix sockets are supported for now`},
+			wantStderr: []string{`--host "ftp://manager": expected unix:///path/to/shoal.sock, a socket path, or tcp://MANAGER:PORT`},
 		},
 		{
 			name:       "daemon not running",
