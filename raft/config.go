@@ -46,6 +46,15 @@ const (
 	// maxInflightMsgs bounds append messages in flight to one follower
 	// (etcd's default); the transport buffers about as many.
 	maxInflightMsgs = 256
+	// noQuorumElections: how many election timeouts a ReadIndex waits for
+	// the leader's answer before failing with ErrNoQuorum. A leader that
+	// lost its quorum steps down within two (CheckQuorum marks followers
+	// inactive once per election timeout and checks at the next one).
+	noQuorumElections = 2
+	// learnerReadyPercent: a learner is promoted only once its log has
+	// reached this share of the leader's (etcd's rule), so the new voter
+	// does not hold up commits while it catches up.
+	learnerReadyPercent = 90
 	// requestIDLen bytes prefix every proposal's data so the node can hand
 	// Apply's result to the proposer waiting for it.
 	requestIDLen = 8
@@ -71,8 +80,8 @@ type StateMachine interface {
 	Restore(data []byte) error
 }
 
-// Transport sends raft messages to other members (implemented over gRPC by
-// the multi-member code). Send is called from the node's loop: it must not
+// Transport sends raft messages to other members (GRPCTransport does it
+// over gRPC). Send is called from the node's loop: it must not
 // block for long (queue per peer and drop when full: raft retransmits), and
 // must not modify the messages, which may share entries with the log.
 type Transport interface {
@@ -90,6 +99,22 @@ type Config struct {
 	SnapshotInterval uint64        // applied entries between snapshots; default DefaultSnapshotInterval
 	Logger           *slog.Logger  // nil: discard
 	Transport        Transport     // nil: single member, messages to others are dropped
+
+	// Addr is this member's address as other members dial it. Bootstrap
+	// records it in the first log entry so that every member learns it
+	// (see Members); it is informational otherwise.
+	Addr string
+	// Join makes Open of a directory without raft state create an empty
+	// log and start as a joining member instead of failing with
+	// ErrNoState: the node has no configuration, never campaigns, and
+	// waits for the leader (which must have added it with AddMember) to
+	// send it the log or a snapshot. Ignored when the directory already
+	// holds state, so a restarted member simply reopens its log.
+	Join bool
+
+	// catchUpEntries overrides snapshotCatchUpEntries (tests: make a new
+	// member need a snapshot without writing thousands of entries).
+	catchUpEntries uint64
 }
 
 // withDefaults fills in defaults and checks what cannot be defaulted.
@@ -117,6 +142,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.catchUpEntries == 0 {
+		c.catchUpEntries = snapshotCatchUpEntries
 	}
 	return c, nil
 }

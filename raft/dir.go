@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -188,7 +189,13 @@ func Bootstrap(cfg Config) error {
 	}
 	removeTemps(dir, st.temps, cfg.Logger)
 
-	cc, err := proto.Marshal(&raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(cfg.ID)})
+	var cctx []byte
+	if cfg.Addr != "" {
+		if cctx, err = json.Marshal(confContext{Addr: cfg.Addr}); err != nil {
+			return fmt.Errorf("bootstrap raft: encode conf change context: %w", err)
+		}
+	}
+	cc, err := proto.Marshal(&raftpb.ConfChange{Type: raftpb.ConfChangeAddNode.Enum(), NodeId: new(cfg.ID), Context: cctx})
 	if err != nil {
 		return fmt.Errorf("bootstrap raft: encode conf change: %w", err)
 	}
@@ -221,4 +228,35 @@ func removeTemps(dir string, temps []string, log *slog.Logger) {
 		}
 		log.Warn("removed left-over temporary file from an interrupted write", "file", path)
 	}
+}
+
+// createJoinLog creates cfg.DataDir holding an empty first WAL segment:
+// the state of a member that has not received anything yet (see
+// Config.Join). The leader's appends (or snapshot) fill it.
+func createJoinLog(cfg Config) error {
+	dir := cfg.DataDir
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := syncDir(filepath.Dir(filepath.Clean(dir))); err != nil {
+		return err
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	st, err := scanDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(st.segments) > 0 || len(st.snaps) > 0 {
+		return nil // created meanwhile: open it
+	}
+	removeTemps(dir, st.temps, cfg.Logger)
+	if err := writeFileAtomic(dir, segmentName(0, 1), nil); err != nil {
+		return err
+	}
+	cfg.Logger.Info("created empty raft log for a joining member", "dir", dir, "id", cfg.ID)
+	return nil
 }

@@ -28,7 +28,8 @@
 //     current HardState, so older segments can be deleted without losing
 //     either.
 //   - snap-<term>-<index>.snap: snapshots (raftpb.Snapshot: metadata with the
-//     ConfState, plus the state machine's data).
+//     ConfState, plus data: the address book envelope described under
+//     Membership, then the state machine's data).
 //   - *.tmp: files being written; they are complete only once renamed, and
 //     left-over ones are removed by Open.
 //
@@ -62,4 +63,42 @@
 // snapshot; the newest snapshotsKept snapshots are kept. Open always uses
 // the newest snapshot: a damaged one is reported, never silently replaced by
 // an older one the remaining log may no longer extend.
+//
+// # Membership
+//
+// A group starts as one member (Bootstrap, recording Config.Addr). Other
+// members start with Config.Join on an empty directory: Open creates an
+// empty log and the node waits, without a configuration and never
+// campaigning, for the leader to send it the log or a snapshot. The leader
+// adds them with AddMember (as a learner first, then PromoteMember, is the
+// safe order: a voter that is still catching up counts toward the quorum)
+// and removes them with RemoveMember or DemoteMember, which refuse with
+// ErrQuorumRisk a change after which the voters the leader recently heard
+// from would not form a quorum. Each change is one ConfChangeV2 proposal
+// whose Context (JSON {"req":..,"addr":..}) carries the member's address
+// and the proposer's request id; the calls return once it is applied.
+//
+// Every member builds its address book from the conf changes it applies,
+// so Members answers the same everywhere. Compaction drops those entries,
+// so snapshot data carries the book: "shoalmb1", a u32 little-endian
+// length, the book as JSON (id -> address), then the state machine's data.
+// Data without the prefix (older snapshots) is the state machine's alone.
+// A leader sending a snapshot to a follower replaces raft's stored one by
+// one of its current applied state (as etcd's server does): a member added
+// after the stored snapshot is not in its ConfState and could not use it.
+//
+// # Transport
+//
+// GRPCTransport implements Transport over the Raft service of
+// proto/raft_transport.proto: one goroutine, bounded queue and long-lived
+// stream per peer, messages chunked (1 MiB) and reassembled, snapshots on
+// a stream of their own whose acknowledgement is reported to raft.
+//
+// # Reads and lost quorum
+//
+// ReadIndex implements linearizable reads with raft's ReadIndex (quorum
+// confirmed, ReadOnlySafe). Without a quorum, CheckQuorum makes a leader
+// step down within two election timeouts; the proposals pending on it then
+// fail with ErrNoQuorum (also ErrLeadershipLost: outcome unknown), and a
+// ReadIndex without an answer fails with ErrNoQuorum after as long.
 package raft

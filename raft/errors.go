@@ -35,3 +35,21 @@ var (
 func corruptf(file string, off int64, format string, args ...any) error {
 	return fmt.Errorf("%w: %s at byte offset %d: %s", ErrCorrupt, file, off, fmt.Sprintf(format, args...))
 }
+
+// Errors of the multi-member API; check them with errors.Is.
+var (
+	// ErrNoQuorum: no quorum of voters is reachable. A proposal already
+	// accepted by the leader when it found out fails with an error that is
+	// both ErrNoQuorum and ErrLeadershipLost: its outcome is unknown (it
+	// may still commit once the partition heals). A ReadIndex failing with
+	// it read nothing.
+	ErrNoQuorum = errors.New("raft: no quorum of voters reachable")
+	// ErrQuorumRisk: the membership change was refused because afterwards
+	// fewer voters would be reachable than a quorum needs.
+	ErrQuorumRisk = errors.New("raft: membership change would leave too few reachable voters for a quorum")
+	// ErrUnknownMember: the id is not a member (voter or learner).
+	ErrUnknownMember = errors.New("raft: unknown member")
+	// ErrLearnerNotReady: the learner has not caught up enough to be
+	// promoted yet; retry later.
+	ErrLearnerNotReady = errors.New("raft: learner not caught up")
+)

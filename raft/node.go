@@ -40,8 +40,13 @@ type Node struct {
 
 	propc   chan proposal
 	stepc   chan *raftpb.Message
-	done    chan struct{} // closed once Run has stopped everything
-	running atomic.Bool   // Run was called
+	ctlc    chan func()   // functions to run in the loop (membership, reads, reports)
+	confSem chan struct{} // one membership change at a time
+	// pendingReads (loop-owned) are read states whose index is not yet
+	// applied.
+	pendingReads []pendingRead
+	done         chan struct{} // closed once Run has stopped everything
+	running      atomic.Bool   // Run was called
 
 	applied  atomic.Uint64
 	leader   atomic.Uint64
@@ -53,6 +58,9 @@ type Node struct {
 	stopped bool
 	waiters map[uint64]chan error // request id -> proposer waiting for Apply's result
 	subs    map[*leaderSub]struct{}
+	addrs   map[uint64]string      // address book, changed only by the loop
+	members []Member               // Members' answer, recomputed by the loop
+	reads   map[uint64]chan uint64 // ReadIndex request id -> waiter for the read index
 }
 
 // Open loads the durable state in cfg.DataDir and returns a node ready to
@@ -66,8 +74,9 @@ type Node struct {
 // expected; it never silently drops data. A torn final record (the file ends
 // before the record's declared length: a crash in the middle of the last,
 // never-acknowledged write) is truncated away with a warning. Open fails
-// with ErrNoState when the directory holds no raft state and ErrLocked when
-// another Node uses it.
+// with ErrNoState when the directory holds no raft state (unless
+// cfg.Join: then it creates an empty log for a joining member, see
+// Config.Join) and ErrLocked when another Node uses it.
 //
 // The node holds the directory's lock and the open log until Run returns; a
 // node that will not be run should be released by calling Run with a
@@ -83,8 +92,12 @@ func Open(cfg Config, sm StateMachine) (_ *Node, err error) {
 	dir := cfg.DataDir
 	if has, err := HasState(dir); err != nil {
 		return nil, fmt.Errorf("open raft: %w", err)
-	} else if !has {
+	} else if !has && !cfg.Join {
 		return nil, fmt.Errorf("open raft in %s: %w", dir, ErrNoState)
+	} else if !has {
+		if err := createJoinLog(cfg); err != nil {
+			return nil, fmt.Errorf("open raft as a joining member: %w", err)
+		}
 	}
 	lock, err := lockDir(dir)
 	if err != nil {
@@ -129,16 +142,30 @@ func (n *Node) load() error {
 		return err
 	}
 
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return fmt.Errorf("seed request ids: %w", err)
+	}
+	n.reqBase = binary.LittleEndian.Uint64(seed[:])
+	n.propc = make(chan proposal)
+	n.stepc = make(chan *raftpb.Message)
+	n.ctlc = make(chan func())
+	n.confSem = make(chan struct{}, 1)
+	n.done = make(chan struct{})
+	n.waiters = make(map[uint64]chan error)
+	n.subs = make(map[*leaderSub]struct{})
+	n.addrs = make(map[uint64]string)
+	n.reads = make(map[uint64]chan uint64)
+
 	n.storage = etcdraft.NewMemoryStorage()
 	n.confState = &raftpb.ConfState{}
 	if snap != nil {
 		if err := n.storage.ApplySnapshot(snap); err != nil {
 			return fmt.Errorf("load snapshot at index %d: %w", snap.GetMetadata().GetIndex(), err)
 		}
-		if err := n.sm.Restore(snap.GetData()); err != nil {
+		if err := n.restoreSnapshot(snap); err != nil {
 			return fmt.Errorf("restore state machine from snapshot at index %d: %w", snap.GetMetadata().GetIndex(), err)
 		}
-		n.confState = proto.Clone(raftpb.EnsureConfState(snap.GetMetadata().GetConfState())).(*raftpb.ConfState)
 		n.snapIndex = snap.GetMetadata().GetIndex()
 		n.applied.Store(n.snapIndex)
 	}
@@ -148,17 +175,6 @@ func (n *Node) load() error {
 	if err := n.storage.Append(ents); err != nil {
 		return fmt.Errorf("load %d log entries: %w", len(ents), err)
 	}
-
-	var seed [8]byte
-	if _, err := rand.Read(seed[:]); err != nil {
-		return fmt.Errorf("seed request ids: %w", err)
-	}
-	n.reqBase = binary.LittleEndian.Uint64(seed[:])
-	n.propc = make(chan proposal)
-	n.stepc = make(chan *raftpb.Message)
-	n.done = make(chan struct{})
-	n.waiters = make(map[uint64]chan error)
-	n.subs = make(map[*leaderSub]struct{})
 
 	n.rn, err = etcdraft.NewRawNode(&etcdraft.Config{
 		ID:            n.cfg.ID,

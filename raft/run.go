@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -54,6 +55,8 @@ func (n *Node) loop(ctx context.Context) error {
 			n.rn.Tick()
 		case p := <-n.propc:
 			p.errc <- n.propose(p.data)
+		case f := <-n.ctlc:
+			f()
 		case m := <-n.stepc:
 			if err := n.rn.Step(m); err != nil {
 				n.log.Debug("dropped raft message", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
@@ -102,10 +105,9 @@ func (n *Node) handleReady(ctx context.Context) error {
 		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil {
 			return fmt.Errorf("apply received snapshot at index %d: %w", idx, err)
 		}
-		if err := n.sm.Restore(rd.Snapshot.GetData()); err != nil {
+		if err := n.restoreSnapshot(rd.Snapshot); err != nil {
 			return fmt.Errorf("restore state machine from received snapshot at index %d: %w", idx, err)
 		}
-		n.confState = proto.Clone(raftpb.EnsureConfState(snapMeta.GetConfState())).(*raftpb.ConfState)
 		n.applied.Store(idx)
 		n.log.Info("installed snapshot from leader", "index", idx, "term", snapMeta.GetTerm())
 	}
@@ -124,6 +126,7 @@ func (n *Node) handleReady(ctx context.Context) error {
 	if err := n.applyEntries(rd.CommittedEntries); err != nil {
 		return err
 	}
+	n.noteReadStates(rd.ReadStates)
 	n.updateLeadership()
 	if snapMeta != nil {
 		if err := n.compact(snapMeta); err != nil {
@@ -152,7 +155,61 @@ func (n *Node) send(ctx context.Context, msgs []*raftpb.Message) {
 		n.log.Debug("no transport: dropping raft messages", "count", len(msgs))
 		return
 	}
+	copied := false
+	for i, m := range msgs {
+		if m.GetType() != raftpb.MsgSnap {
+			continue
+		}
+		fresh, err := n.freshSnapshotMessage(m)
+		if err != nil {
+			// Sent as raft made it: a member added after it cannot use it
+			// and the leader will try again.
+			n.log.Warn("make a current snapshot for a follower", "to", m.GetTo(), "err", err)
+			continue
+		}
+		if !copied { // the slice belongs to raft
+			msgs, copied = slices.Clone(msgs), true
+		}
+		msgs[i] = fresh
+	}
 	n.cfg.Transport.Send(ctx, msgs)
+}
+
+// freshSnapshotMessage replaces the snapshot in m, the newest one raft
+// stored, by one of the current applied state, as etcd's server does: a
+// member added after the stored snapshot is not in its ConfState and
+// would ignore it forever. Runs in the loop, before this Ready's entries
+// are applied, so every applied entry is in storage.
+func (n *Node) freshSnapshotMessage(m *raftpb.Message) (*raftpb.Message, error) {
+	applied := n.applied.Load()
+	if applied <= m.GetSnapshot().GetMetadata().GetIndex() {
+		return m, nil
+	}
+	term, err := n.storage.Term(applied)
+	if err != nil {
+		return nil, fmt.Errorf("term of applied index %d: %w", applied, err)
+	}
+	data, err := n.sm.Snapshot()
+	if err != nil {
+		return nil, fmt.Errorf("snapshot state machine: %w", err)
+	}
+	n.mu.Lock()
+	data, err = wrapSnapshotData(n.addrs, data)
+	n.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	fresh := proto.Clone(m).(*raftpb.Message)
+	fresh.Snapshot = &raftpb.Snapshot{
+		Data: data,
+		Metadata: &raftpb.SnapshotMetadata{
+			Index:     new(applied),
+			Term:      new(term),
+			ConfState: proto.Clone(n.confState).(*raftpb.ConfState),
+		},
+	}
+	n.log.Info("sending a current snapshot", "to", m.GetTo(), "index", applied, "stored_index", m.GetSnapshot().GetMetadata().GetIndex())
+	return fresh, nil
 }
 
 // applyEntries applies committed entries in order. Empty entries (appended
@@ -163,20 +220,10 @@ func (n *Node) applyEntries(ents []*raftpb.Entry) error {
 		switch e.GetType() {
 		case raftpb.EntryNormal:
 			n.applyCommand(e)
-		case raftpb.EntryConfChange:
-			cc := &raftpb.ConfChange{}
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("decode conf change at index %d: %w", e.GetIndex(), err)
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if err := n.applyConfChange(e); err != nil {
+				return err
 			}
-			n.confState = n.rn.ApplyConfChange(cc)
-			n.log.Info("applied conf change", "index", e.GetIndex(), "change", etcdraft.DescribeConfChange(cc), "voters", n.confState.GetVoters())
-		case raftpb.EntryConfChangeV2:
-			cc := &raftpb.ConfChangeV2{}
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("decode conf change v2 at index %d: %w", e.GetIndex(), err)
-			}
-			n.confState = n.rn.ApplyConfChange(cc)
-			n.log.Info("applied conf change", "index", e.GetIndex(), "change", etcdraft.DescribeConfChange(cc), "voters", n.confState.GetVoters())
 		default:
 			return fmt.Errorf("apply entry %d: unknown entry type %v", e.GetIndex(), e.GetType())
 		}
@@ -227,8 +274,16 @@ func (n *Node) noteSoftState(ss *etcdraft.SoftState) {
 		n.log.Info("elected raft leader", "id", n.cfg.ID, "catch_up_index", n.catchUp)
 	case was && !now:
 		n.log.Info("lost raft leadership", "id", n.cfg.ID, "state", ss.RaftState.String(), "leader", ss.Lead)
+		err := ErrLeadershipLost
+		if ss.Lead == etcdraft.None && slices.Contains(n.confState.GetVoters(), n.cfg.ID) {
+			// Stepped down without a successor while still a voter (not
+			// removed): CheckQuorum found no quorum (a higher-term vote
+			// would need a quorum too, which PreVote keeps a partitioned
+			// minority from starting).
+			err = errNoQuorumLost
+		}
 		n.mu.Lock()
-		n.failWaitersLocked(ErrLeadershipLost)
+		n.failWaitersLocked(err)
 		n.mu.Unlock()
 	}
 }
@@ -277,6 +332,11 @@ func (n *Node) maybeSnapshot() error {
 		return nil
 	}
 	data, err := n.sm.Snapshot()
+	if err == nil {
+		n.mu.Lock()
+		data, err = wrapSnapshotData(n.addrs, data)
+		n.mu.Unlock()
+	}
 	if err != nil {
 		n.snapFailed = applied
 		n.log.Error("state machine snapshot failed; retrying later", "applied", applied, "err", err)
@@ -303,9 +363,9 @@ func (n *Node) compact(md *raftpb.SnapshotMetadata) error {
 		return err
 	}
 	n.snapIndex = idx
-	if idx > snapshotCatchUpEntries {
-		if err := n.storage.Compact(idx - snapshotCatchUpEntries); err != nil && !errors.Is(err, etcdraft.ErrCompacted) {
-			return fmt.Errorf("compact in-memory log to %d: %w", idx-snapshotCatchUpEntries, err)
+	if keep := n.cfg.catchUpEntries; idx > keep {
+		if err := n.storage.Compact(idx - keep); err != nil && !errors.Is(err, etcdraft.ErrCompacted) {
+			return fmt.Errorf("compact in-memory log to %d: %w", idx-keep, err)
 		}
 	}
 	if err := n.wal.releaseTo(idx); err != nil {
