@@ -42,6 +42,9 @@ type Config struct {
 	Executor Executor
 	// Description is reported to the managers; Describe() fills it when nil.
 	Description *shoalpb.NodeDescription
+	// OnManagers, when set, is told the managers' addresses each time a
+	// session opens, so the daemon can fail over to another manager.
+	OnManagers func(addrs []string)
 	// Now is the clock (time.Now when nil).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -134,7 +137,10 @@ func (a *Agent) session(runCtx, ctx context.Context) error {
 		return fmt.Errorf("open session: %w", err)
 	}
 	sid := first.GetSessionId()
-	a.log.Info("session open", "session", sid)
+	a.log.Info("session open", "session", sid, "managers", first.GetManagers())
+	if a.cfg.OnManagers != nil && len(first.GetManagers()) > 0 {
+		a.cfg.OnManagers(first.GetManagers())
+	}
 	a.setConnected(true)
 
 	errc := make(chan error, 4)

@@ -70,6 +70,12 @@ type Config struct {
 	// AdvertiseAddr is the host:port other hosts reach this manager at; it
 	// is what join tokens point joining hosts to.
 	AdvertiseAddr string
+	// DialPeer connects to another manager over mutual TLS; nil runs Raft
+	// without a transport (a lone manager, tests).
+	DialPeer func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+	// Join starts a manager that joined an existing cluster: its Raft log is
+	// empty until the leader sends it.
+	Join bool
 	// HeartbeatPeriod is the dispatcher's agent heartbeat period; 0 means
 	// dispatcher.DefaultHeartbeatPeriod.
 	HeartbeatPeriod time.Duration
@@ -101,6 +107,8 @@ func (cfg Config) raftConfig() raft.Config {
 		TickInterval:     cfg.TickInterval,
 		ElectionTicks:    cfg.ElectionTicks,
 		SnapshotInterval: cfg.SnapshotInterval,
+		Addr:             cfg.AdvertiseAddr,
+		Join:             cfg.Join,
 		Logger:           cfg.Logger.With("component", "raft"),
 	}
 }
@@ -231,6 +239,7 @@ type Manager struct {
 	orch       *orchestrator.Orchestrator
 	placer     *placement.Placer
 	nodeCA     *nodeca.Server
+	transport  *raft.GRPCTransport // nil without DialPeer
 }
 
 // New opens the manager's Raft state in cfg.DataDir (created by Init, or
@@ -242,7 +251,16 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	s := store.New()
-	node, err := raft.Open(cfg.raftConfig(), s)
+	rcfg := cfg.raftConfig()
+	var transport *raft.GRPCTransport
+	if cfg.DialPeer != nil {
+		transport = raft.NewGRPCTransport(raft.TransportConfig{
+			Self: cfg.RaftID, Addr: cfg.AdvertiseAddr, Dial: cfg.DialPeer,
+			Logger: cfg.Logger.With("component", "raft-transport"),
+		})
+		rcfg.Transport = transport
+	}
+	node, err := raft.Open(rcfg, s)
 	if err != nil {
 		return nil, fmt.Errorf("open manager state in %s: %w", cfg.DataDir, err)
 	}
@@ -259,6 +277,7 @@ func New(cfg Config) (*Manager, error) {
 		orch:       orchestrator.New(s, orchestrator.Config{Logger: log.With("component", "orchestrator")}),
 		placer:     placement.New(s, log.With("component", "placement")),
 		nodeCA:     nodeca.New(s, nil, log.With("component", "nodeca")),
+		transport:  transport,
 	}, nil
 }
 
@@ -316,7 +335,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			stopLeader()
 			stopRaft()
-			if err := <-raftDone; err != nil {
+			err := <-raftDone
+			if m.transport != nil {
+				m.transport.Close()
+			}
+			if err != nil {
 				return fmt.Errorf("manager raft node: %w", err)
 			}
 			return nil
@@ -358,6 +381,7 @@ func (m *Manager) startLeader(ctx context.Context) *leaderRun {
 		{"orchestrator", m.orch.Run, false},
 		{"placement", m.placer.Run, false},
 		{"leader-record", m.recordLeader, true},
+		{"promoter", m.promoteLearners, false},
 	}
 	for _, c := range components {
 		l.wg.Add(1)

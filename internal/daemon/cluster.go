@@ -94,6 +94,8 @@ func clusterPolicy() map[string][]ca.Role {
 	add(shoalpb.Control_ServiceDesc, ca.RoleManager)
 	add(shoalpb.Dispatcher_ServiceDesc, ca.RoleWorker, ca.RoleManager)
 	add(shoalpb.NodeCA_ServiceDesc, ca.RoleWorker, ca.RoleManager)
+	add(shoalpb.Raft_ServiceDesc, ca.RoleManager)
+	add(shoalpb.RaftMembership_ServiceDesc, ca.RoleManager)
 	return policy
 }
 
@@ -114,9 +116,12 @@ func (d *Daemon) serveNetwork(ctx context.Context, creds *ca.Credentials) error 
 	})
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(ca.ServerTLSConfigAllowJoin(cert, pool))),
-		grpc.ChainUnaryInterceptor(unary),
-		grpc.ChainStreamInterceptor(stream),
+		grpc.ChainUnaryInterceptor(unary, d.forwardUnary),
+		grpc.ChainStreamInterceptor(stream, d.forwardStream),
 	)
+	if m, err := d.manager(); err == nil {
+		m.RegisterRaft(srv)
+	}
 	shoalpb.RegisterControlServer(srv, &controlProxy{d: d})
 	shoalpb.RegisterDispatcherServer(srv, &dispatcherProxy{d: d})
 	shoalpb.RegisterNodeCAServer(srv, &nodeCAProxy{d: d})
@@ -179,4 +184,53 @@ func (d *Daemon) refuseIfInCluster() error {
 		return status.Error(codes.FailedPrecondition, "this node is already part of a cluster")
 	}
 	return nil
+}
+
+// dialPeer connects to another manager for Raft, with this node's
+// certificate.
+func (d *Daemon) dialPeer(_ context.Context, addr string) (*grpc.ClientConn, error) {
+	creds, err := d.tlsMaterial()
+	if err != nil {
+		return nil, err
+	}
+	return dialManager(addr, creds)
+}
+
+// joinManagers makes this host, which holds a manager certificate now, a
+// member of the managers' Raft group through the leader at leaderAddr, then
+// runs its manager.
+func (d *Daemon) joinManagers(ctx, runCtx context.Context, leaderAddr string, creds *ca.Credentials) error {
+	if !d.hasAdvertiseAddr() {
+		return status.Error(codes.FailedPrecondition, "joining as a manager needs the address other managers reach this host at: start shoald with --advertise-addr, then join again")
+	}
+	conn, err := dialManager(leaderAddr, creds)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "connect to manager %s: %v", leaderAddr, err)
+	}
+	defer conn.Close()
+	resp, err := shoalpb.NewRaftMembershipClient(conn).JoinRaft(ctx, &shoalpb.JoinRaftRequest{Addr: d.advertiseAddr()}, grpc.WaitForReady(true))
+	if err != nil {
+		st, _ := status.FromError(err)
+		return status.Errorf(st.Code(), "join the managers through %s (it must be the leader): %s", leaderAddr, st.Message())
+	}
+	if err := d.saveMembership(membership{Managers: append([]string{leaderAddr}, resp.GetMembers()...)}); err != nil {
+		return status.Errorf(codes.Internal, "save cluster membership: %v", err)
+	}
+	if err := d.startManager(runCtx, true); err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if err := d.runAsManager(runCtx); err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	return nil
+}
+
+// hasAdvertiseAddr reports whether other hosts know where to reach this one.
+func (d *Daemon) hasAdvertiseAddr() bool {
+	host, _, err := net.SplitHostPort(d.advertiseAddr())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host != "" && (ip == nil || !ip.IsUnspecified())
 }

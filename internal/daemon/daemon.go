@@ -78,6 +78,9 @@ type Daemon struct {
 	localConn *grpc.ClientConn // to the daemon's own socket; set in Run
 	bg        sync.WaitGroup   // listener and agent goroutines
 
+	fwdMu    sync.Mutex                  // guards fwdConns
+	fwdConns map[string]*grpc.ClientConn // to leaders, by address
+
 	mu         sync.Mutex // guards following
 	worker     bool       // joined a cluster as a worker
 	mgr        *manager.Manager
@@ -165,7 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		lis.Close()
 		return fmt.Errorf("restrict %s to root: %w", sock, err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(d.forwardUnary), grpc.ChainStreamInterceptor(d.forwardStream))
 	shoalpb.RegisterLocalServer(srv, &localServer{d: d})
 	shoalpb.RegisterControlServer(srv, &controlProxy{d: d})
 	shoalpb.RegisterDispatcherServer(srv, &dispatcherProxy{d: d})
@@ -190,7 +193,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	switch {
 	case has:
-		if err := d.startManager(ctx); err != nil {
+		if err := d.startManager(ctx, false); err != nil {
 			return err
 		}
 		if err := d.runAsManager(ctx); err != nil {
@@ -212,6 +215,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	srv.Stop()
 	d.bg.Wait()
 	d.stopManager()
+	d.closeForwarding()
 	return err
 }
 
@@ -298,13 +302,17 @@ func (d *Daemon) managerConfig() manager.Config {
 		DataDir:       d.cfg.DataDir,
 		NodeID:        d.nodeID,
 		AdvertiseAddr: d.advertiseAddr(),
+		DialPeer:      d.dialPeer,
 		Logger:        d.log.With("component", "manager"),
 	}
 }
 
-// startManager opens the manager's durable state and runs it.
-func (d *Daemon) startManager(ctx context.Context) error {
-	m, err := manager.New(d.managerConfig())
+// startManager opens the manager's durable state and runs it; join starts
+// one that joined an existing cluster and waits for the leader's log.
+func (d *Daemon) startManager(ctx context.Context, join bool) error {
+	cfg := d.managerConfig()
+	cfg.Join = join
+	m, err := manager.New(cfg)
 	if errors.Is(err, raft.ErrCorrupt) {
 		return fmt.Errorf("refusing to start: the manager's Raft state is damaged and starting would lose cluster state; nothing on disk was changed. Restore %s from a backup or copy it aside to inspect: %w", d.cfg.DataDir, err)
 	}

@@ -62,7 +62,7 @@ func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterReq
 	if err := manager.Init(ictx, cfg, name); err != nil {
 		return nil, status.Errorf(codes.Internal, "initialise the cluster: %v", err)
 	}
-	if err := d.startManager(runCtx); err != nil {
+	if err := d.startManager(runCtx, false); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	if err := d.issueOwnCertificate(); err != nil {
@@ -129,13 +129,19 @@ func (l *localServer) JoinCluster(ctx context.Context, r *shoalpb.JoinClusterReq
 	if err := d.certStore().Save(creds); err != nil {
 		return nil, status.Errorf(codes.Internal, "save node certificates: %v", err)
 	}
-	mem := membership{Managers: []string{r.GetRemoteAddr()}}
-	if err := d.saveMembership(mem); err != nil {
-		return nil, status.Errorf(codes.Internal, "save cluster membership: %v", err)
-	}
 	d.mu.Lock()
 	runCtx := d.runCtx
 	d.mu.Unlock()
+	mem := membership{Managers: []string{r.GetRemoteAddr()}}
+	if resp.GetRole() == shoalpb.NodeRole_NODE_ROLE_MANAGER {
+		if err := d.joinManagers(jctx, runCtx, r.GetRemoteAddr(), &creds); err != nil {
+			return nil, err
+		}
+		return &shoalpb.JoinClusterResponse{NodeId: d.nodeID, Role: resp.GetRole()}, nil
+	}
+	if err := d.saveMembership(mem); err != nil {
+		return nil, status.Errorf(codes.Internal, "save cluster membership: %v", err)
+	}
 	if err := d.runAsWorker(runCtx, mem); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}

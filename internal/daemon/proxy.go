@@ -137,11 +137,12 @@ type dispatcherProxy struct {
 	d *Daemon
 }
 
-// dispatcher returns the manager's dispatcher after checking that a caller
-// with a certificate speaks only for its own node (local-socket callers
-// carry none: they are this host's own agent).
+// dispatcher returns the manager's dispatcher after checking that a worker
+// speaks only for its own node. Local-socket callers carry no certificate
+// (they are this host's own agent); managers forward their hosts' agents'
+// calls to the leader and may speak for any node.
 func (p *dispatcherProxy) dispatcher(ctx context.Context, nodeID string) (shoalpb.DispatcherServer, error) {
-	if id, ok := ca.IdentityFromContext(ctx); ok && id.NodeID != nodeID {
+	if id, ok := ca.IdentityFromContext(ctx); ok && id.Role != ca.RoleManager && id.NodeID != nodeID {
 		return nil, status.Errorf(codes.PermissionDenied, "node %s may not speak for node %s", id.NodeID, nodeID)
 	}
 	m, err := p.d.manager()

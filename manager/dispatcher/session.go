@@ -44,7 +44,7 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 		return status.Errorf(codes.Unavailable, "session of node %s: record node: %v", nodeID, err)
 	}
 	d.logger.Info("session opened", "node", nodeID, "session", s.id, "addr", node.GetStatus().GetAddr())
-	if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: node}); err != nil {
+	if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: node, Managers: d.managerAddrs()}); err != nil {
 		return err
 	}
 	select {
@@ -168,4 +168,17 @@ func (d *Dispatcher) Heartbeat(_ context.Context, req *shoalpb.HeartbeatRequest)
 	s.lastBeat = d.now()
 	d.mu.Unlock()
 	return &shoalpb.HeartbeatResponse{Period: durationpb.New(d.period)}, nil
+}
+
+// managerAddrs lists the managers' addresses, for agents to fail over to.
+func (d *Dispatcher) managerAddrs() []string {
+	var addrs []string
+	d.store.View(func(tx store.ReadTx) {
+		for _, n := range tx.ListNodes() {
+			if a := n.GetManagerStatus().GetAddr(); n.GetRole() == shoalpb.NodeRole_NODE_ROLE_MANAGER && a != "" {
+				addrs = append(addrs, a)
+			}
+		}
+	})
+	return addrs
 }

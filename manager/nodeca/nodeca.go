@@ -119,9 +119,6 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *shoalpb.IssueNod
 		if err != nil {
 			return nil, status.Errorf(codes.PermissionDenied, "join token refused: %v", err)
 		}
-		if role == ca.RoleManager {
-			return nil, status.Error(codes.Unimplemented, "joining as a manager is not available yet: join as a worker")
-		}
 		if nodeID == "" {
 			nodeID = store.NewID()
 		}

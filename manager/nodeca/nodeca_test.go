@@ -38,7 +38,7 @@ func TestIssueNodeCertificate(t *testing.T) {
 		wantCode codes.Code
 	}{
 		{"worker token", func(s *shoalpb.ClusterSecurity) string { return s.GetWorkerJoinToken() }, codes.OK},
-		{"manager token not yet", func(s *shoalpb.ClusterSecurity) string { return s.GetManagerJoinToken() }, codes.Unimplemented},
+		{"manager token", func(s *shoalpb.ClusterSecurity) string { return s.GetManagerJoinToken() }, codes.OK},
 		{"wrong secret", func(s *shoalpb.ClusterSecurity) string {
 			tok := s.GetWorkerJoinToken()
 			return tok[:len(tok)-3] + "zzz"
@@ -70,11 +70,15 @@ func TestIssueNodeCertificate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if id.NodeID != "node-a" || id.Role != ca.RoleWorker || id.ClusterID != "c1" {
-				t.Errorf("identity %+v, want node-a worker of c1", id)
+			wantRole, wantAPIRole := ca.RoleWorker, shoalpb.NodeRole_NODE_ROLE_WORKER
+			if tc.name == "manager token" {
+				wantRole, wantAPIRole = ca.RoleManager, shoalpb.NodeRole_NODE_ROLE_MANAGER
 			}
-			if n == nil || n.GetRole() != shoalpb.NodeRole_NODE_ROLE_WORKER || n.GetDescription().GetHostname() != "host-a" {
-				t.Errorf("registered node %v, want worker host-a", n)
+			if id.NodeID != "node-a" || id.Role != wantRole || id.ClusterID != "c1" {
+				t.Errorf("identity %+v, want node-a %s of c1", id, wantRole)
+			}
+			if n == nil || n.GetRole() != wantAPIRole || n.GetDescription().GetHostname() != "host-a" {
+				t.Errorf("registered node %v, want %s host-a", n, wantRole)
 			}
 		})
 	}

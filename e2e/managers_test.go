@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-project/shoal/e2e/harness"
+)
+
+// TestManagersFailover runs 3 managers and 2 workers: managers join through
+// the leader with the manager token, any manager serves every call, and
+// killing the leader leaves a cluster that takes writes again quickly and
+// lost nothing; the old leader rejoins.
+func TestManagersFailover(t *testing.T) {
+	c := harness.New(t, 5)
+	images := harness.Images(t)
+	reg := c.StartRegistry()
+	ref := c.PushImage(filepath.Join(images, "testapp.tar"), "shoal/testapp:latest")
+	for _, h := range c.Hosts {
+		h.Start("--insecure-registry", reg)
+	}
+	h1 := c.Hosts[0]
+	h1.MustShoal("cluster", "init")
+	leaderAddr := h1.Addr.String() + ":4242"
+	mtok := strings.TrimSpace(h1.MustShoal("cluster", "join-token", "-q", "manager"))
+	wtok := strings.TrimSpace(h1.MustShoal("cluster", "join-token", "-q", "worker"))
+	for _, h := range c.Hosts[1:3] {
+		if out := h.MustShoal("cluster", "join", "--token", mtok, leaderAddr); !strings.Contains(out, "as a manager") {
+			t.Fatalf("%s join said %q", h.Name, out)
+		}
+	}
+	for _, h := range c.Hosts[3:] {
+		h.MustShoal("cluster", "join", "--token", wtok, leaderAddr)
+	}
+	c.Eventually(waitConverge, "5 nodes ready, 3 of them managers", func() error {
+		out, err := h1.Shoal("node", "ls")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "Ready"); n != 5 {
+			return fmt.Errorf("%d ready:\n%s", n, out)
+		}
+		if strings.Count(out, "Leader") != 1 || strings.Count(out, "Reachable") != 2 {
+			return fmt.Errorf("want 1 leader and 2 reachable managers:\n%s", out)
+		}
+		return nil
+	})
+
+	// A follower's socket serves writes (forwarded to the leader).
+	h3 := c.Hosts[2]
+	h3.MustShoal("service", "create", "--name", "web", "--replicas", "5", ref)
+	waitRunning(c, h3, "web", 5)
+	for _, h := range c.Hosts[:3] {
+		if out := h.MustShoal("service", "ls"); !strings.Contains(out, "web") {
+			t.Errorf("%s does not list the service:\n%s", h.Name, out)
+		}
+	}
+	before := ids(waitRunning(c, h1, "web", 5))
+
+	// kill -9 the leader: another manager takes writes again.
+	h1.Kill()
+	h2 := c.Hosts[1]
+	start := time.Now()
+	c.Eventually(waitConverge, "a write accepted after the leader died", func() error {
+		_, err := h2.Shoal("service", "create", "-d", "--name", "after", ref)
+		return err
+	})
+	t.Logf("leader killed: a new leader accepted a write after %s", time.Since(start).Round(time.Millisecond))
+	if out := h2.MustShoal("service", "ls"); !strings.Contains(out, "web") || !strings.Contains(out, "after") {
+		t.Errorf("services after failover:\n%s", out)
+	}
+
+	// The old leader restarts and rejoins as a follower; nothing was lost.
+	h1.Start("--insecure-registry", reg)
+	c.Eventually(waitConverge, "old leader back and in sync", func() error {
+		out, err := h1.Shoal("service", "ls")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "web") || !strings.Contains(out, "after") {
+			return fmt.Errorf("h1 lists:\n%s", out)
+		}
+		return nil
+	})
+	after := ids(waitRunning(c, h1, "web", 5))
+	if after != before {
+		t.Logf("tasks of web changed across the failover (tasks on the killed host's containers kept running): before %s after %s", before, after)
+	}
+}

@@ -1,0 +1,176 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+)
+
+// forwardedServices are served by the Raft leader: a follower manager hands
+// their calls to it, so any manager (and any manager's local socket) serves
+// every call. Writes must go to the leader anyway; reads forwarded there see
+// every acknowledged write.
+var forwardedServices = map[string]bool{
+	shoalpb.Control_ServiceDesc.ServiceName:    true,
+	shoalpb.Dispatcher_ServiceDesc.ServiceName: true,
+}
+
+// methodDescriptor finds the descriptor of a full gRPC method name
+// ("/shoal.v1.Control/CreateService").
+func methodDescriptor(fullMethod string) (protoreflect.MethodDescriptor, error) {
+	name := strings.ReplaceAll(strings.TrimPrefix(fullMethod, "/"), "/", ".")
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
+	if err != nil {
+		return nil, fmt.Errorf("method %s: %w", fullMethod, err)
+	}
+	md, ok := d.(protoreflect.MethodDescriptor)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a method", fullMethod)
+	}
+	return md, nil
+}
+
+func newMessage(d protoreflect.MessageDescriptor) (proto.Message, error) {
+	t, err := protoregistry.GlobalTypes.FindMessageByName(d.FullName())
+	if err != nil {
+		return nil, err
+	}
+	return t.New().Interface(), nil
+}
+
+func serviceOf(fullMethod string) string {
+	s, _, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
+	return s
+}
+
+// leaderConn returns a connection to the leader when this host runs a
+// manager that is not the leader; (nil, nil) when the call is to be served
+// here.
+func (d *Daemon) leaderConn() (*grpc.ClientConn, error) {
+	d.mu.Lock()
+	m := d.mgr
+	d.mu.Unlock()
+	if m == nil || m.IsLeader() {
+		return nil, nil
+	}
+	addr, ok := m.LeaderAddr()
+	if !ok {
+		return nil, status.Error(codes.Unavailable, "no manager is the leader right now (an election is running, or the managers lost their quorum); try again")
+	}
+	d.fwdMu.Lock()
+	defer d.fwdMu.Unlock()
+	if c, ok := d.fwdConns[addr]; ok {
+		return c, nil
+	}
+	creds, err := d.tlsMaterial()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "forward to the leader: %v", err)
+	}
+	c, err := dialManager(addr, creds)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "forward to the leader at %s: %v", addr, err)
+	}
+	if d.fwdConns == nil {
+		d.fwdConns = map[string]*grpc.ClientConn{}
+	}
+	d.fwdConns[addr] = c
+	return c, nil
+}
+
+// closeForwarding closes the connections to leaders.
+func (d *Daemon) closeForwarding() {
+	d.fwdMu.Lock()
+	defer d.fwdMu.Unlock()
+	for addr, c := range d.fwdConns {
+		_ = c.Close()
+		delete(d.fwdConns, addr)
+	}
+}
+
+// forwardUnary is a unary server interceptor that hands leader-only calls
+// to the leader.
+func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !forwardedServices[serviceOf(info.FullMethod)] {
+		return handler(ctx, req)
+	}
+	conn, err := d.leaderConn()
+	if err != nil || conn == nil {
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+	md, err := methodDescriptor(info.FullMethod)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	out, err := newMessage(md.Output())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := conn.Invoke(ctx, info.FullMethod, req, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// forwardStream is the stream interceptor for server-streaming leader-only
+// calls (dispatcher sessions and assignments).
+func (d *Daemon) forwardStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !forwardedServices[serviceOf(info.FullMethod)] || info.IsClientStream {
+		return handler(srv, ss)
+	}
+	conn, err := d.leaderConn()
+	if err != nil {
+		return err
+	}
+	if conn == nil {
+		return handler(srv, ss)
+	}
+	md, err := methodDescriptor(info.FullMethod)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	in, err := newMessage(md.Input())
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	cs, err := conn.NewStream(ss.Context(), &grpc.StreamDesc{ServerStreams: true}, info.FullMethod)
+	if err != nil {
+		return err
+	}
+	if err := cs.SendMsg(in); err != nil {
+		return err
+	}
+	if err := cs.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		out, err := newMessage(md.Output())
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if err := cs.RecvMsg(out); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(out); err != nil {
+			return err
+		}
+	}
+}
