@@ -72,6 +72,18 @@ func TestManagersFailover(t *testing.T) {
 	if out := h2.MustShoal("service", "ls"); !strings.Contains(out, "web") || !strings.Contains(out, "after") {
 		t.Errorf("services after failover:\n%s", out)
 	}
+	// The dead host is seen down; every other host, the workers that were
+	// connected to it included, has a session with the new leader.
+	c.Eventually(waitConverge, "dead leader down, the 4 other hosts ready", func() error {
+		out, err := h2.Shoal("node", "ls")
+		if err != nil {
+			return err
+		}
+		if strings.Count(out, "Ready") != 4 || strings.Count(out, "Down") != 1 {
+			return fmt.Errorf("want 4 ready and 1 down:\n%s", out)
+		}
+		return nil
+	})
 
 	// The old leader restarts and rejoins as a follower; nothing was lost.
 	h1.Start("--insecure-registry", reg)

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 )
 
@@ -75,6 +77,37 @@ func dialManager(addr string, creds *ca.Credentials) (*grpc.ClientConn, error) {
 	}
 	tlsCfg := ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName)
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+}
+
+// dialManagers connects to whichever of the managers answers, over mutual
+// TLS; update replaces the list (pick_first moves to the next address when
+// the current one fails).
+func dialManagers(addrs []string, creds *ca.Credentials) (*grpc.ClientConn, func([]string), error) {
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := creds.CertPool()
+	if err != nil {
+		return nil, nil, err
+	}
+	r := manual.NewBuilderWithScheme("shoal-managers")
+	state := func(addrs []string) resolver.State {
+		var st resolver.State
+		for _, a := range addrs {
+			st.Endpoints = append(st.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}})
+		}
+		return st
+	}
+	r.InitialState(state(addrs))
+	conn, err := grpc.NewClient(r.Scheme()+":///managers",
+		grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName))),
+	)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, func(addrs []string) { r.UpdateState(state(addrs)) }, nil
 }
 
 // clusterPolicy says which roles may call each method on the network

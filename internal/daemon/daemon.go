@@ -239,10 +239,12 @@ func (d *Daemon) runAsManager(ctx context.Context) error {
 			d.log.Error("cluster listener stopped", "err", err)
 		}
 	})
-	return d.startAgent(ctx, d.localConn, nil)
+	return d.startAgent(ctx, d.localConn, nil, nil)
 }
 
-// runAsWorker runs this host's agent against the managers it joined.
+// runAsWorker runs this host's agent against the managers it joined. The
+// connection knows every manager and moves to another when its manager
+// fails; each session refreshes the list.
 func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
 	if len(mem.Managers) == 0 {
 		return fmt.Errorf("%s names no manager: join the cluster again", d.membershipPath())
@@ -251,18 +253,24 @@ func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
 	if err != nil {
 		return err
 	}
-	conn, err := dialManager(mem.Managers[0], creds)
+	conn, update, err := dialManagers(mem.Managers, creds)
 	if err != nil {
-		return fmt.Errorf("connect to manager %s: %w", mem.Managers[0], err)
+		return fmt.Errorf("connect to the managers %v: %w", mem.Managers, err)
 	}
 	d.mu.Lock()
 	d.worker = true
 	d.mu.Unlock()
-	return d.startAgent(ctx, conn, conn.Close)
+	onManagers := func(addrs []string) {
+		update(addrs)
+		if err := d.saveMembership(membership{Managers: addrs}); err != nil {
+			d.log.Warn("save the managers' addresses", "err", err)
+		}
+	}
+	return d.startAgent(ctx, conn, conn.Close, onManagers)
 }
 
 // startAgent runs the agent over conn until ctx ends, then calls done.
-func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, done func() error) error {
+func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, done func() error, onManagers func([]string)) error {
 	desc := agent.Describe()
 	desc.Addr = d.cfg.AdvertiseAddr
 	desc.ShoalVersion = Version
@@ -270,6 +278,7 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 		NodeID:      d.nodeID,
 		Description: desc,
 		Conn:        conn,
+		OnManagers:  onManagers,
 		Executor: &agent.RuncExecutor{
 			Images: d.images, Runtime: d.runtime, Network: d.network,
 			NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
