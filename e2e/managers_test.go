@@ -98,6 +98,25 @@ func TestManagersFailover(t *testing.T) {
 		return nil
 	})
 	after := ids(waitRunning(c, h1, "web", 5))
+
+	// Two of three managers gone: writes fail with a clear error, reads
+	// still answer and say they may be stale.
+	h1.Kill()
+	h2.Kill()
+	c.Eventually(waitConverge, "writes refused without quorum", func() error {
+		_, err := h3.Shoal("service", "scale", "web=2")
+		if err == nil {
+			return fmt.Errorf("a write succeeded with 1 of 3 managers")
+		}
+		if !strings.Contains(err.Error(), "quorum") {
+			return fmt.Errorf("write error does not mention the lost quorum: %v", err)
+		}
+		return nil
+	})
+	out, errOut, err := h3.ShoalOutput("service", "ls")
+	if err != nil || !strings.Contains(out, "web") || !strings.Contains(errOut, "may miss the latest writes") {
+		t.Errorf("service ls without quorum: err %v, stdout %q, stderr %q; want the services and a staleness warning", err, out, errOut)
+	}
 	if after != before {
 		t.Logf("tasks of web changed across the failover (tasks on the killed host's containers kept running): before %s after %s", before, after)
 	}

@@ -64,9 +64,9 @@ func socketPath(host string) (string, error) {
 // the connection is up, so that a missing daemon is one clear error rather
 // than a transport error from whichever call comes first. A tcp:// host is a
 // manager reached over mutual TLS with the credentials in tlsDir.
-func dial(ctx context.Context, host, tlsDir string) (*grpc.ClientConn, error) {
+func dial(ctx context.Context, host, tlsDir string, warnings io.Writer) (*grpc.ClientConn, error) {
 	if addr, ok := strings.CutPrefix(host, "tcp://"); ok {
-		return dialTCP(ctx, addr, tlsDir)
+		return dialTCP(ctx, addr, tlsDir, warnings)
 	}
 	path, err := socketPath(host)
 	if err != nil {
@@ -89,7 +89,7 @@ func dial(ctx context.Context, host, tlsDir string) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialer),
-		grpc.WithChainUnaryInterceptor(cleanUnaryErrors),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings)),
 		grpc.WithChainStreamInterceptor(cleanStreamErrors),
 	)
 	if err != nil {
@@ -130,7 +130,7 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn) bool {
 // the node credentials (ca.crt, node.crt, node.key) found in tlsDir. Only
 // the control API is served there: the commands about one host's images,
 // logs and membership need that host's own socket.
-func dialTCP(ctx context.Context, addr, tlsDir string) (*grpc.ClientConn, error) {
+func dialTCP(ctx context.Context, addr, tlsDir string, warnings io.Writer) (*grpc.ClientConn, error) {
 	creds, err := ca.Store{Dir: tlsDir}.Load()
 	if err != nil {
 		return nil, fmt.Errorf("load TLS credentials from %s (set --tls-dir): %w", tlsDir, err)
@@ -145,7 +145,7 @@ func dialTCP(ctx context.Context, addr, tlsDir string) (*grpc.ClientConn, error)
 	}
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName))),
-		grpc.WithChainUnaryInterceptor(cleanUnaryErrors),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings)),
 		grpc.WithChainStreamInterceptor(cleanStreamErrors),
 	)
 	if err != nil {
@@ -194,6 +194,24 @@ func cleanError(err error) error {
 
 func cleanUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	return cleanError(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+// staleHeader is the header a manager sets on a read answered without a
+// leader (see internal/daemon).
+const staleHeader = "shoal-stale"
+
+// warnStale returns an interceptor that prints a manager's warning when it
+// answered a read from possibly stale state.
+func warnStale(w io.Writer) grpc.UnaryClientInterceptor {
+	var once sync.Once
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		var md metadata.MD
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&md))...)
+		if v := md.Get(staleHeader); len(v) > 0 {
+			once.Do(func() { fmt.Fprintf(w, "Warning: %s\n", v[0]) })
+		}
+		return err
+	}
 }
 
 func cleanStreamErrors(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {

@@ -109,7 +109,7 @@ func (a *app) daemon(ctx context.Context) (*daemonClient, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	conn, err := dial(ctx, a.host, a.tlsDir)
+	conn, err := dial(ctx, a.host, a.tlsDir, a.stderr)
 	if err != nil {
 		return nil, err
 	}

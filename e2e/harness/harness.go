@@ -292,6 +292,16 @@ func (h *Host) ShoalContext(ctx context.Context, args ...string) (string, error)
 	return stdout.String(), nil
 }
 
+// ShoalOutput runs the CLI and returns stdout and stderr separately, for
+// checks of warnings printed on success.
+func (h *Host) ShoalOutput(args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(filepath.Join(h.c.Bin, "shoal"), append([]string{"--host", "unix://" + h.Socket()}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
 // MustShoal runs the CLI and fails the test on error.
 func (h *Host) MustShoal(args ...string) string {
 	h.c.T.Helper()

@@ -10,6 +10,7 @@ import (
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -51,6 +52,17 @@ func newMessage(d protoreflect.MessageDescriptor) (proto.Message, error) {
 func serviceOf(fullMethod string) string {
 	s, _, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
 	return s
+}
+
+// StaleHeader is the response header a manager sets on a read it answered
+// from its own state because no leader could be reached: the answer may
+// miss the latest writes.
+const StaleHeader = "shoal-stale"
+
+// isRead reports whether a Control method only reads.
+func isRead(fullMethod string) bool {
+	_, name, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
+	return strings.HasPrefix(name, "Get") && name != "GetJoinToken" || strings.HasPrefix(name, "List")
 }
 
 // leaderConn returns a connection to the leader when this host runs a
@@ -104,10 +116,15 @@ func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServ
 		return handler(ctx, req)
 	}
 	conn, err := d.leaderConn()
-	if err != nil || conn == nil {
-		if err != nil {
-			return nil, err
-		}
+	if err != nil && isRead(info.FullMethod) && serviceOf(info.FullMethod) == shoalpb.Control_ServiceDesc.ServiceName {
+		// Without a leader, a read is still worth answering, labelled.
+		_ = grpc.SetHeader(ctx, metadata.Pairs(StaleHeader, "no leader: this manager's state may miss the latest writes"))
+		return handler(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil {
 		return handler(ctx, req)
 	}
 	md, err := methodDescriptor(info.FullMethod)
