@@ -117,6 +117,19 @@ func TestManagersFailover(t *testing.T) {
 	if err != nil || !strings.Contains(out, "web") || !strings.Contains(errOut, "may miss the latest writes") {
 		t.Errorf("service ls without quorum: err %v, stdout %q, stderr %q; want the services and a staleness warning", err, out, errOut)
 	}
+
+	// The lone survivor recovers the cluster: it becomes the only manager,
+	// with everything it had, and takes writes again.
+	if out := h3.MustShoal("cluster", "init", "--force-new-cluster"); !strings.Contains(out, "recovered") {
+		t.Errorf("force-new-cluster said %q", out)
+	}
+	c.Eventually(waitConverge, "writes accepted after force-new-cluster", func() error {
+		_, err := h3.Shoal("service", "scale", "web=2")
+		return err
+	})
+	if out := h3.MustShoal("service", "ls"); !strings.Contains(out, "web") || !strings.Contains(out, "after") {
+		t.Errorf("services after force-new-cluster:\n%s", out)
+	}
 	if after != before {
 		t.Logf("tasks of web changed across the failover (tasks on the killed host's containers kept running): before %s after %s", before, after)
 	}

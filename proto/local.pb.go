@@ -138,8 +138,11 @@ type InitClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AdvertiseAddr string                 `protobuf:"bytes,1,opt,name=advertise_addr,json=advertiseAddr,proto3" json:"advertise_addr,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// ForceNewCluster makes this manager, the lone survivor of a cluster that
+	// lost its quorum, the only member of its Raft group, keeping its state.
+	ForceNewCluster bool `protobuf:"varint,3,opt,name=force_new_cluster,json=forceNewCluster,proto3" json:"force_new_cluster,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InitClusterRequest) Reset() {
@@ -184,6 +187,13 @@ func (x *InitClusterRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *InitClusterRequest) GetForceNewCluster() bool {
+	if x != nil {
+		return x.ForceNewCluster
+	}
+	return false
 }
 
 type InitClusterResponse struct {
@@ -343,6 +353,199 @@ func (x *JoinClusterResponse) GetRole() NodeRole {
 	return NodeRole_NODE_ROLE_UNSPECIFIED
 }
 
+type BackupClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupClusterRequest) Reset() {
+	*x = BackupClusterRequest{}
+	mi := &file_local_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupClusterRequest) ProtoMessage() {}
+
+func (x *BackupClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupClusterRequest.ProtoReflect.Descriptor instead.
+func (*BackupClusterRequest) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{6}
+}
+
+type BackupChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Chunk []byte                 `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// Summary describes the backup; set on the last chunk.
+	Summary       string `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_local_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BackupChunk) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+type RestoreClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Chunk         []byte                 `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreClusterRequest) Reset() {
+	*x = RestoreClusterRequest{}
+	mi := &file_local_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreClusterRequest) ProtoMessage() {}
+
+func (x *RestoreClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreClusterRequest.ProtoReflect.Descriptor instead.
+func (*RestoreClusterRequest) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RestoreClusterRequest) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+type RestoreClusterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Services      int64                  `protobuf:"varint,2,opt,name=services,proto3" json:"services,omitempty"`
+	Index         uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreClusterResponse) Reset() {
+	*x = RestoreClusterResponse{}
+	mi := &file_local_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreClusterResponse) ProtoMessage() {}
+
+func (x *RestoreClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreClusterResponse.ProtoReflect.Descriptor instead.
+func (*RestoreClusterResponse) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RestoreClusterResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *RestoreClusterResponse) GetServices() int64 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *RestoreClusterResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type LoadImageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Chunk         []byte                 `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
@@ -352,7 +555,7 @@ type LoadImageRequest struct {
 
 func (x *LoadImageRequest) Reset() {
 	*x = LoadImageRequest{}
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +567,7 @@ func (x *LoadImageRequest) String() string {
 func (*LoadImageRequest) ProtoMessage() {}
 
 func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +580,7 @@ func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageRequest.ProtoReflect.Descriptor instead.
 func (*LoadImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{6}
+	return file_local_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LoadImageRequest) GetChunk() []byte {
@@ -396,7 +599,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +611,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +624,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{7}
+	return file_local_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LoadImageResponse) GetImages() []*ImageSummary {
@@ -440,7 +643,7 @@ type PullImageRequest struct {
 
 func (x *PullImageRequest) Reset() {
 	*x = PullImageRequest{}
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +655,7 @@ func (x *PullImageRequest) String() string {
 func (*PullImageRequest) ProtoMessage() {}
 
 func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +668,7 @@ func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
 func (*PullImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{8}
+	return file_local_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PullImageRequest) GetRef() string {
@@ -486,7 +689,7 @@ type PullImageProgress struct {
 
 func (x *PullImageProgress) Reset() {
 	*x = PullImageProgress{}
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +701,7 @@ func (x *PullImageProgress) String() string {
 func (*PullImageProgress) ProtoMessage() {}
 
 func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +714,7 @@ func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageProgress.ProtoReflect.Descriptor instead.
 func (*PullImageProgress) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{9}
+	return file_local_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PullImageProgress) GetMessage() string {
@@ -536,7 +739,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +751,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +764,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{10}
+	return file_local_proto_rawDescGZIP(), []int{14}
 }
 
 type ListImagesResponse struct {
@@ -573,7 +776,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +788,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +801,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{11}
+	return file_local_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListImagesResponse) GetImages() []*ImageSummary {
@@ -621,7 +824,7 @@ type ImageSummary struct {
 
 func (x *ImageSummary) Reset() {
 	*x = ImageSummary{}
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +836,7 @@ func (x *ImageSummary) String() string {
 func (*ImageSummary) ProtoMessage() {}
 
 func (x *ImageSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +849,7 @@ func (x *ImageSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSummary.ProtoReflect.Descriptor instead.
 func (*ImageSummary) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{12}
+	return file_local_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ImageSummary) GetRefs() []string {
@@ -689,7 +892,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +904,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +917,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{13}
+	return file_local_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ServiceLogsRequest) GetService() string {
@@ -753,7 +956,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +968,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +981,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{14}
+	return file_local_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -835,10 +1038,11 @@ const file_local_proto_rawDesc = "" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
 	"\amanager\x18\x03 \x01(\bR\amanager\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x19\n" +
-	"\bdata_dir\x18\x05 \x01(\tR\adataDir\"O\n" +
+	"\bdata_dir\x18\x05 \x01(\tR\adataDir\"{\n" +
 	"\x12InitClusterRequest\x12%\n" +
 	"\x0eadvertise_addr\x18\x01 \x01(\tR\radvertiseAddr\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"M\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
+	"\x11force_new_cluster\x18\x03 \x01(\bR\x0fforceNewCluster\"M\n" +
 	"\x13InitClusterResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -849,7 +1053,18 @@ const file_local_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\"V\n" +
 	"\x13JoinClusterResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12&\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"(\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x16\n" +
+	"\x14BackupClusterRequest\"=\n" +
+	"\vBackupChunk\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x18\n" +
+	"\asummary\x18\x02 \x01(\tR\asummary\"-\n" +
+	"\x15RestoreClusterRequest\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"i\n" +
+	"\x16RestoreClusterResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1a\n" +
+	"\bservices\x18\x02 \x01(\x03R\bservices\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\"(\n" +
 	"\x10LoadImageRequest\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"C\n" +
 	"\x11LoadImageResponse\x12.\n" +
@@ -878,11 +1093,13 @@ const file_local_proto_rawDesc = "" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06stream\x18\x05 \x01(\tR\x06stream\x12\x12\n" +
-	"\x04line\x18\x06 \x01(\fR\x04line2\xf1\x03\n" +
+	"\x04line\x18\x06 \x01(\fR\x04line2\x92\x05\n" +
 	"\x05Local\x125\n" +
 	"\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x16.shoal.v1.InfoResponse\x12J\n" +
 	"\vInitCluster\x12\x1c.shoal.v1.InitClusterRequest\x1a\x1d.shoal.v1.InitClusterResponse\x12J\n" +
-	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12F\n" +
+	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12H\n" +
+	"\rBackupCluster\x12\x1e.shoal.v1.BackupClusterRequest\x1a\x15.shoal.v1.BackupChunk0\x01\x12U\n" +
+	"\x0eRestoreCluster\x12\x1f.shoal.v1.RestoreClusterRequest\x1a .shoal.v1.RestoreClusterResponse(\x01\x12F\n" +
 	"\tLoadImage\x12\x1a.shoal.v1.LoadImageRequest\x1a\x1b.shoal.v1.LoadImageResponse(\x01\x12F\n" +
 	"\tPullImage\x12\x1a.shoal.v1.PullImageRequest\x1a\x1b.shoal.v1.PullImageProgress0\x01\x12G\n" +
 	"\n" +
@@ -901,49 +1118,57 @@ func file_local_proto_rawDescGZIP() []byte {
 	return file_local_proto_rawDescData
 }
 
-var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_local_proto_goTypes = []any{
-	(*InfoRequest)(nil),           // 0: shoal.v1.InfoRequest
-	(*InfoResponse)(nil),          // 1: shoal.v1.InfoResponse
-	(*InitClusterRequest)(nil),    // 2: shoal.v1.InitClusterRequest
-	(*InitClusterResponse)(nil),   // 3: shoal.v1.InitClusterResponse
-	(*JoinClusterRequest)(nil),    // 4: shoal.v1.JoinClusterRequest
-	(*JoinClusterResponse)(nil),   // 5: shoal.v1.JoinClusterResponse
-	(*LoadImageRequest)(nil),      // 6: shoal.v1.LoadImageRequest
-	(*LoadImageResponse)(nil),     // 7: shoal.v1.LoadImageResponse
-	(*PullImageRequest)(nil),      // 8: shoal.v1.PullImageRequest
-	(*PullImageProgress)(nil),     // 9: shoal.v1.PullImageProgress
-	(*ListImagesRequest)(nil),     // 10: shoal.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 11: shoal.v1.ListImagesResponse
-	(*ImageSummary)(nil),          // 12: shoal.v1.ImageSummary
-	(*ServiceLogsRequest)(nil),    // 13: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),               // 14: shoal.v1.LogLine
-	(NodeRole)(0),                 // 15: shoal.v1.NodeRole
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*InfoRequest)(nil),            // 0: shoal.v1.InfoRequest
+	(*InfoResponse)(nil),           // 1: shoal.v1.InfoResponse
+	(*InitClusterRequest)(nil),     // 2: shoal.v1.InitClusterRequest
+	(*InitClusterResponse)(nil),    // 3: shoal.v1.InitClusterResponse
+	(*JoinClusterRequest)(nil),     // 4: shoal.v1.JoinClusterRequest
+	(*JoinClusterResponse)(nil),    // 5: shoal.v1.JoinClusterResponse
+	(*BackupClusterRequest)(nil),   // 6: shoal.v1.BackupClusterRequest
+	(*BackupChunk)(nil),            // 7: shoal.v1.BackupChunk
+	(*RestoreClusterRequest)(nil),  // 8: shoal.v1.RestoreClusterRequest
+	(*RestoreClusterResponse)(nil), // 9: shoal.v1.RestoreClusterResponse
+	(*LoadImageRequest)(nil),       // 10: shoal.v1.LoadImageRequest
+	(*LoadImageResponse)(nil),      // 11: shoal.v1.LoadImageResponse
+	(*PullImageRequest)(nil),       // 12: shoal.v1.PullImageRequest
+	(*PullImageProgress)(nil),      // 13: shoal.v1.PullImageProgress
+	(*ListImagesRequest)(nil),      // 14: shoal.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),     // 15: shoal.v1.ListImagesResponse
+	(*ImageSummary)(nil),           // 16: shoal.v1.ImageSummary
+	(*ServiceLogsRequest)(nil),     // 17: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                // 18: shoal.v1.LogLine
+	(NodeRole)(0),                  // 19: shoal.v1.NodeRole
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
 }
 var file_local_proto_depIdxs = []int32{
-	15, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
-	12, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
-	12, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
-	12, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
-	16, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
-	16, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	19, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
+	16, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
+	16, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
+	16, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
+	20, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
+	20, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	0,  // 6: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
 	2,  // 7: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
 	4,  // 8: shoal.v1.Local.JoinCluster:input_type -> shoal.v1.JoinClusterRequest
-	6,  // 9: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
-	8,  // 10: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
-	10, // 11: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
-	13, // 12: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	1,  // 13: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
-	3,  // 14: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
-	5,  // 15: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
-	7,  // 16: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
-	9,  // 17: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
-	11, // 18: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
-	14, // 19: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
-	13, // [13:20] is the sub-list for method output_type
-	6,  // [6:13] is the sub-list for method input_type
+	6,  // 9: shoal.v1.Local.BackupCluster:input_type -> shoal.v1.BackupClusterRequest
+	8,  // 10: shoal.v1.Local.RestoreCluster:input_type -> shoal.v1.RestoreClusterRequest
+	10, // 11: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
+	12, // 12: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
+	14, // 13: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
+	17, // 14: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	1,  // 15: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
+	3,  // 16: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
+	5,  // 17: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
+	7,  // 18: shoal.v1.Local.BackupCluster:output_type -> shoal.v1.BackupChunk
+	9,  // 19: shoal.v1.Local.RestoreCluster:output_type -> shoal.v1.RestoreClusterResponse
+	11, // 20: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
+	13, // 21: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
+	15, // 22: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
+	18, // 23: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
+	15, // [15:24] is the sub-list for method output_type
+	6,  // [6:15] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -961,7 +1186,7 @@ func file_local_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_local_proto_rawDesc), len(file_local_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"strings"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
@@ -11,7 +13,8 @@ import (
 func newClusterCmd(a *app) *cobra.Command {
 	return newGroupCmd("cluster", "Manage the cluster",
 		"Create the cluster, join hosts to it, and manage its join tokens.",
-		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterJoinCmd(a))
+		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterJoinCmd(a),
+		newClusterBackupCmd(a), newClusterRestoreCmd(a))
 }
 
 func newClusterInitCmd(a *app) *cobra.Command {
@@ -38,12 +41,18 @@ Other hosts reach this manager at --advertise-addr (default: the daemon's
 			if err != nil {
 				return fmt.Errorf("initialise the cluster: %w", err)
 			}
+			if req.GetForceNewCluster() {
+				fmt.Fprintf(a.stdout, "Cluster %s recovered: this node (%s) is now its only manager. Remove the lost managers (shoal node demote/rm) and join new ones.\n", resp.GetClusterId(), resp.GetNodeId())
+				return nil
+			}
 			fmt.Fprintf(a.stdout, "Cluster %s initialised; this node (%s) is now a manager.\n", resp.GetClusterId(), resp.GetNodeId())
 			return nil
 		},
 	}
 	c.Flags().StringVar(&req.AdvertiseAddr, "advertise-addr", "", "address (host:port) other hosts reach this manager at")
 	c.Flags().StringVar(&req.Name, "name", "", `cluster name (default "default")`)
+	c.Flags().BoolVar(&req.ForceNewCluster, "force-new-cluster", false,
+		"recover a cluster that lost its quorum: make this surviving manager its only member, keeping its state")
 	return c
 }
 
@@ -130,4 +139,114 @@ the managers only over mutual TLS.`,
 	}
 	c.Flags().StringVar(&token, "token", "", "join token from 'shoal cluster join-token'")
 	return c
+}
+
+func newClusterBackupCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a consistent backup of the cluster's state to FILE",
+		Long: `Take an online, consistent snapshot of the managers' state (services, tasks,
+nodes, the cluster's CA and join tokens) and write it to FILE. The file is
+checksummed; keep it safe: it holds the CA key. Restore it on a fresh host
+with 'shoal cluster restore FILE'.`,
+		Example: `  shoal cluster backup /root/shoal-$(date +%F).bak`,
+		Args:    exactArgs(1, "FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			stream, err := d.local.BackupCluster(ctx, &shoalpb.BackupClusterRequest{})
+			if err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			tmp := args[0] + ".tmp"
+			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			if err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			defer os.Remove(tmp)
+			var summary string
+			for {
+				m, err := stream.Recv()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					f.Close()
+					return fmt.Errorf("backup: %w", err)
+				}
+				if _, err := f.Write(m.GetChunk()); err != nil {
+					f.Close()
+					return fmt.Errorf("backup: write %s: %w", tmp, err)
+				}
+				if m.GetSummary() != "" {
+					summary = m.GetSummary()
+				}
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return fmt.Errorf("backup: %w", err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			if err := os.Rename(tmp, args[0]); err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "Backup of %s written to %s\n", summary, args[0])
+			return nil
+		},
+	}
+}
+
+func newClusterRestoreCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Bring a cluster back from a backup on a fresh host",
+		Long: `Make this host's shoald, which must not be in a cluster yet and hold no
+manager state, the only manager of the cluster saved in FILE: same cluster
+id, CA, join tokens, services and tasks. Workers that kept their
+certificates reconnect; lost managers are removed with 'shoal node rm'.`,
+		Example: `  shoal cluster restore /root/shoal-2026-11-23.bak`,
+		Args:    exactArgs(1, "FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return fmt.Errorf("restore: %w", err)
+			}
+			defer f.Close()
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			stream, err := d.local.RestoreCluster(ctx)
+			if err != nil {
+				return fmt.Errorf("restore: %w", err)
+			}
+			buf := make([]byte, 1<<20)
+			for {
+				n, err := f.Read(buf)
+				if n > 0 {
+					if err := stream.Send(&shoalpb.RestoreClusterRequest{Chunk: buf[:n]}); err != nil {
+						break // the daemon's answer below says why
+					}
+				}
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("restore: read %s: %w", args[0], err)
+				}
+			}
+			resp, err := stream.CloseAndRecv()
+			if err != nil {
+				return fmt.Errorf("restore: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "Cluster %s restored (%d services, state as of index %d); this node is its manager.\n", resp.GetClusterId(), resp.GetServices(), resp.GetIndex())
+			return nil
+		},
+	}
 }

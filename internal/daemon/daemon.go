@@ -82,7 +82,9 @@ type Daemon struct {
 	fwdConns map[string]*grpc.ClientConn // to leaders, by address
 
 	mu         sync.Mutex // guards following
-	worker     bool       // joined a cluster as a worker
+	netCancel  context.CancelFunc
+	netDone    chan struct{}
+	worker     bool // joined a cluster as a worker
 	mgr        *manager.Manager
 	mgrDone    chan struct{}
 	mgrCancel  context.CancelFunc
@@ -234,11 +236,7 @@ func (d *Daemon) runAsManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.goBackground(func() {
-		if err := d.serveNetwork(ctx, creds); err != nil {
-			d.log.Error("cluster listener stopped", "err", err)
-		}
-	})
+	d.startListener(ctx, creds)
 	return d.startAgent(ctx, d.localConn, nil, nil)
 }
 
@@ -297,6 +295,34 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 	return nil
 }
 
+// startListener serves the cluster API on the network until ctx ends or
+// stopListener.
+func (d *Daemon) startListener(ctx context.Context, creds *ca.Credentials) {
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.netCancel, d.netDone = cancel, done
+	d.mu.Unlock()
+	d.goBackground(func() {
+		defer close(done)
+		if err := d.serveNetwork(lctx, creds); err != nil {
+			d.log.Error("cluster listener stopped", "err", err)
+		}
+	})
+}
+
+// stopListener stops the network listener and waits for it.
+func (d *Daemon) stopListener() {
+	d.mu.Lock()
+	cancel, done := d.netCancel, d.netDone
+	d.netCancel, d.netDone = nil, nil
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
 // goBackground runs f in a goroutine Run waits for before returning.
 func (d *Daemon) goBackground(f func()) {
 	d.bg.Add(1)
@@ -353,6 +379,10 @@ func (d *Daemon) stopManager() {
 		cancel()
 		<-done
 	}
+	d.mu.Lock()
+	d.mgr, d.mgrCancel, d.mgrDone = nil, nil, nil
+	d.mu.Unlock()
+	d.closeForwarding()
 }
 
 // manager returns the running manager, or an error the CLI can show.

@@ -43,6 +43,21 @@ func (l *localServer) Info(ctx context.Context, _ *shoalpb.InfoRequest) (*shoalp
 
 func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterRequest) (*shoalpb.InitClusterResponse, error) {
 	d := l.d
+	if r.GetForceNewCluster() {
+		if err := d.forceNewCluster(ctx); err != nil {
+			return nil, err
+		}
+		m, err := d.manager()
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		// The store is replayed when the manager opens: the cluster is there.
+		c, err := m.Control().GetCluster(ctx, &shoalpb.GetClusterRequest{})
+		if err != nil {
+			return nil, err
+		}
+		return &shoalpb.InitClusterResponse{ClusterId: c.GetCluster().GetId(), NodeId: d.nodeID}, nil
+	}
 	if err := d.refuseIfInCluster(); err != nil {
 		return nil, err
 	}
