@@ -164,6 +164,7 @@ then run services with 'shoal service create'.`,
 		newImageCmd(a),
 		newVersionCmd(a),
 		newInfoCmd(a),
+		newDebugCmd(a),
 	)
 	return root
 }
