@@ -16,6 +16,8 @@ shoal() { "$bin/shoal" --host "unix://$SOCK" "$@"; }
 in_ns() { nsenter --net=/run/netns/$NS -- "$@"; }
 
 stop() {
+  # Best effort: every step runs even when an earlier one found nothing.
+  set +e +o pipefail
   if [ -S "$SOCK" ] && shoal service ls -q >/dev/null 2>&1; then
     for s in $(shoal service ls -q); do shoal service rm "$s" >/dev/null || true; done
     for _ in $(seq 1 50); do
@@ -32,8 +34,11 @@ stop() {
   for id in $(runc --root "$RUN/runc" list -q 2>/dev/null); do runc --root "$RUN/runc" delete -f "$id" || true; done
   grep -o " $STATE[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
   for d in /sys/fs/cgroup/*"$CGROUP"; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true; done
-  ip netns del $NS 2>/dev/null || true
+  ip netns del $NS 2>/dev/null
   rm -rf "$STATE"
+  if ip netns list | grep -qw $NS; then
+    echo "demo: could not remove network namespace $NS" >&2; return 1
+  fi
   echo "Shoal demo stopped and cleaned up."
 }
 
