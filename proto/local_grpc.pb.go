@@ -19,13 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Local_Info_FullMethodName        = "/shoal.v1.Local/Info"
-	Local_InitCluster_FullMethodName = "/shoal.v1.Local/InitCluster"
-	Local_JoinCluster_FullMethodName = "/shoal.v1.Local/JoinCluster"
-	Local_LoadImage_FullMethodName   = "/shoal.v1.Local/LoadImage"
-	Local_PullImage_FullMethodName   = "/shoal.v1.Local/PullImage"
-	Local_ListImages_FullMethodName  = "/shoal.v1.Local/ListImages"
-	Local_ServiceLogs_FullMethodName = "/shoal.v1.Local/ServiceLogs"
+	Local_Info_FullMethodName           = "/shoal.v1.Local/Info"
+	Local_InitCluster_FullMethodName    = "/shoal.v1.Local/InitCluster"
+	Local_JoinCluster_FullMethodName    = "/shoal.v1.Local/JoinCluster"
+	Local_BackupCluster_FullMethodName  = "/shoal.v1.Local/BackupCluster"
+	Local_RestoreCluster_FullMethodName = "/shoal.v1.Local/RestoreCluster"
+	Local_LoadImage_FullMethodName      = "/shoal.v1.Local/LoadImage"
+	Local_PullImage_FullMethodName      = "/shoal.v1.Local/PullImage"
+	Local_ListImages_FullMethodName     = "/shoal.v1.Local/ListImages"
+	Local_ServiceLogs_FullMethodName    = "/shoal.v1.Local/ServiceLogs"
 )
 
 // LocalClient is the client API for Local service.
@@ -39,6 +41,11 @@ type LocalClient interface {
 	InitCluster(ctx context.Context, in *InitClusterRequest, opts ...grpc.CallOption) (*InitClusterResponse, error)
 	// JoinCluster makes this host a node of an existing cluster.
 	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error)
+	// BackupCluster streams a consistent backup of the managers' state.
+	BackupCluster(ctx context.Context, in *BackupClusterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
+	// RestoreCluster makes this host (in no cluster yet) the lone manager of
+	// the cluster a backup holds.
+	RestoreCluster(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreClusterRequest, RestoreClusterResponse], error)
 	// LoadImage takes an OCI layout or docker-save archive in chunks.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
 	PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
@@ -85,9 +92,41 @@ func (c *localClient) JoinCluster(ctx context.Context, in *JoinClusterRequest, o
 	return out, nil
 }
 
+func (c *localClient) BackupCluster(ctx context.Context, in *BackupClusterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[0], Local_BackupCluster_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupClusterRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Local_BackupClusterClient = grpc.ServerStreamingClient[BackupChunk]
+
+func (c *localClient) RestoreCluster(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreClusterRequest, RestoreClusterResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[1], Local_RestoreCluster_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreClusterRequest, RestoreClusterResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Local_RestoreClusterClient = grpc.ClientStreamingClient[RestoreClusterRequest, RestoreClusterResponse]
+
 func (c *localClient) LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[0], Local_LoadImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[2], Local_LoadImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +139,7 @@ type Local_LoadImageClient = grpc.ClientStreamingClient[LoadImageRequest, LoadIm
 
 func (c *localClient) PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[1], Local_PullImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[3], Local_PullImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +168,7 @@ func (c *localClient) ListImages(ctx context.Context, in *ListImagesRequest, opt
 
 func (c *localClient) ServiceLogs(ctx context.Context, in *ServiceLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogLine], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[2], Local_ServiceLogs_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Local_ServiceDesc.Streams[4], Local_ServiceLogs_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +196,11 @@ type LocalServer interface {
 	InitCluster(context.Context, *InitClusterRequest) (*InitClusterResponse, error)
 	// JoinCluster makes this host a node of an existing cluster.
 	JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error)
+	// BackupCluster streams a consistent backup of the managers' state.
+	BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error
+	// RestoreCluster makes this host (in no cluster yet) the lone manager of
+	// the cluster a backup holds.
+	RestoreCluster(grpc.ClientStreamingServer[RestoreClusterRequest, RestoreClusterResponse]) error
 	// LoadImage takes an OCI layout or docker-save archive in chunks.
 	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
 	PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
@@ -181,6 +225,12 @@ func (UnimplementedLocalServer) InitCluster(context.Context, *InitClusterRequest
 }
 func (UnimplementedLocalServer) JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method JoinCluster not implemented")
+}
+func (UnimplementedLocalServer) BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method BackupCluster not implemented")
+}
+func (UnimplementedLocalServer) RestoreCluster(grpc.ClientStreamingServer[RestoreClusterRequest, RestoreClusterResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method RestoreCluster not implemented")
 }
 func (UnimplementedLocalServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
@@ -269,6 +319,24 @@ func _Local_JoinCluster_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Local_BackupCluster_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupClusterRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LocalServer).BackupCluster(m, &grpc.GenericServerStream[BackupClusterRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Local_BackupClusterServer = grpc.ServerStreamingServer[BackupChunk]
+
+func _Local_RestoreCluster_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LocalServer).RestoreCluster(&grpc.GenericServerStream[RestoreClusterRequest, RestoreClusterResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Local_RestoreClusterServer = grpc.ClientStreamingServer[RestoreClusterRequest, RestoreClusterResponse]
+
 func _Local_LoadImage_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(LocalServer).LoadImage(&grpc.GenericServerStream[LoadImageRequest, LoadImageResponse]{ServerStream: stream})
 }
@@ -341,6 +409,16 @@ var Local_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "BackupCluster",
+			Handler:       _Local_BackupCluster_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "RestoreCluster",
+			Handler:       _Local_RestoreCluster_Handler,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "LoadImage",
 			Handler:       _Local_LoadImage_Handler,
