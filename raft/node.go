@@ -148,7 +148,9 @@ func (n *Node) load() error {
 	}
 	n.reqBase = binary.LittleEndian.Uint64(seed[:])
 	n.propc = make(chan proposal)
-	n.stepc = make(chan *raftpb.Message)
+	// Buffered so that messages arriving while a Ready is written queue up
+	// and are then stepped together (drainSteps): one fsync for the burst.
+	n.stepc = make(chan *raftpb.Message, maxProposalBatch)
 	n.ctlc = make(chan func())
 	n.confSem = make(chan struct{}, 1)
 	n.done = make(chan struct{})

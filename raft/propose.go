@@ -97,12 +97,18 @@ func (n *Node) failWaitersLocked(err error) {
 }
 
 // Step hands a message from another member to the node (for the
-// transport). It returns once the node's loop has taken the message, or
-// with ctx.Err() or ErrStopped. Messages raft refuses (e.g. from an unknown
-// member) are dropped and logged at debug level.
+// transport). It returns once the message is queued for the node's loop
+// (in order), or with ctx.Err() or ErrStopped. Messages raft refuses (e.g.
+// from an unknown member) are dropped and logged at debug level; a message
+// queued while the node stops is dropped, as the network may drop any.
 func (n *Node) Step(ctx context.Context, m *raftpb.Message) error {
 	if m == nil {
 		return errors.New("raft: step a nil message")
+	}
+	select {
+	case <-n.done:
+		return ErrStopped
+	default:
 	}
 	select {
 	case n.stepc <- m:

@@ -59,9 +59,8 @@ func (n *Node) loop(ctx context.Context) error {
 		case f := <-n.ctlc:
 			f()
 		case m := <-n.stepc:
-			if err := n.rn.Step(m); err != nil {
-				n.log.Debug("dropped raft message", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
-			}
+			n.step(m)
+			n.drainSteps()
 		}
 	}
 }
@@ -78,6 +77,26 @@ func (n *Node) drainProposals() {
 		select {
 		case p := <-n.propc:
 			p.errc <- n.propose(p.data)
+		default:
+			return
+		}
+	}
+}
+
+func (n *Node) step(m *raftpb.Message) {
+	if err := n.rn.Step(m); err != nil {
+		n.log.Debug("dropped raft message", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
+	}
+}
+
+// drainSteps takes the messages from other members already waiting, so
+// that a follower receiving a burst of appends writes them with one fsync,
+// as drainProposals does for the leader's proposals.
+func (n *Node) drainSteps() {
+	for range maxProposalBatch {
+		select {
+		case m := <-n.stepc:
+			n.step(m)
 		default:
 			return
 		}
