@@ -127,6 +127,24 @@ func TestWorkerJoin(t *testing.T) {
 		t.Errorf("worker containers after restart %v, want %v", now, before)
 	}
 
+	// The worker leaves: its containers go, the managers see it down, it is
+	// removed there, and it can join again. A manager cannot leave.
+	if _, err := mgr.Shoal("cluster", "leave"); err == nil || !strings.Contains(err.Error(), "manager") {
+		t.Errorf("cluster leave on the manager: %v, want a refusal", err)
+	}
+	if out := wrk.MustShoal("cluster", "leave"); !strings.Contains(out, "left the cluster") {
+		t.Errorf("leave said %q", out)
+	}
+	if ids, err := runningContainers(wrk); err != nil || len(ids) > 0 {
+		t.Errorf("containers on the worker after leave: %v %v", ids, err)
+	}
+	wrkID := nodeID(t, wrk)
+	c.Eventually(waitConverge, "the manager sees the worker gone and removes it", func() error {
+		_, err := mgr.Shoal("node", "rm", wrkID)
+		return err
+	})
+	wrk.MustShoal("cluster", "join", "--token", tok, managerAddr)
+
 	mgr.MustShoal("service", "rm", "web")
 	c.Eventually(waitConverge, "containers removed on both hosts", func() error {
 		for _, h := range c.Hosts {

@@ -353,6 +353,87 @@ func (x *JoinClusterResponse) GetRole() NodeRole {
 	return NodeRole_NODE_ROLE_UNSPECIFIED
 }
 
+type LeaveClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveClusterRequest) Reset() {
+	*x = LeaveClusterRequest{}
+	mi := &file_local_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveClusterRequest) ProtoMessage() {}
+
+func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveClusterRequest.ProtoReflect.Descriptor instead.
+func (*LeaveClusterRequest) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{6}
+}
+
+type LeaveClusterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Removed is how many containers were removed.
+	Removed       int64 `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveClusterResponse) Reset() {
+	*x = LeaveClusterResponse{}
+	mi := &file_local_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveClusterResponse) ProtoMessage() {}
+
+func (x *LeaveClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveClusterResponse.ProtoReflect.Descriptor instead.
+func (*LeaveClusterResponse) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LeaveClusterResponse) GetRemoved() int64 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
 type BackupClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -361,7 +442,7 @@ type BackupClusterRequest struct {
 
 func (x *BackupClusterRequest) Reset() {
 	*x = BackupClusterRequest{}
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +454,7 @@ func (x *BackupClusterRequest) String() string {
 func (*BackupClusterRequest) ProtoMessage() {}
 
 func (x *BackupClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[6]
+	mi := &file_local_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +467,7 @@ func (x *BackupClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupClusterRequest.ProtoReflect.Descriptor instead.
 func (*BackupClusterRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{6}
+	return file_local_proto_rawDescGZIP(), []int{8}
 }
 
 type BackupChunk struct {
@@ -400,7 +481,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +493,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[7]
+	mi := &file_local_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +506,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{7}
+	return file_local_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BackupChunk) GetChunk() []byte {
@@ -451,7 +532,7 @@ type RestoreClusterRequest struct {
 
 func (x *RestoreClusterRequest) Reset() {
 	*x = RestoreClusterRequest{}
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +544,7 @@ func (x *RestoreClusterRequest) String() string {
 func (*RestoreClusterRequest) ProtoMessage() {}
 
 func (x *RestoreClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +557,7 @@ func (x *RestoreClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreClusterRequest.ProtoReflect.Descriptor instead.
 func (*RestoreClusterRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{8}
+	return file_local_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RestoreClusterRequest) GetChunk() []byte {
@@ -497,7 +578,7 @@ type RestoreClusterResponse struct {
 
 func (x *RestoreClusterResponse) Reset() {
 	*x = RestoreClusterResponse{}
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +590,7 @@ func (x *RestoreClusterResponse) String() string {
 func (*RestoreClusterResponse) ProtoMessage() {}
 
 func (x *RestoreClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +603,7 @@ func (x *RestoreClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreClusterResponse.ProtoReflect.Descriptor instead.
 func (*RestoreClusterResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{9}
+	return file_local_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RestoreClusterResponse) GetClusterId() string {
@@ -555,7 +636,7 @@ type LoadImageRequest struct {
 
 func (x *LoadImageRequest) Reset() {
 	*x = LoadImageRequest{}
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +648,7 @@ func (x *LoadImageRequest) String() string {
 func (*LoadImageRequest) ProtoMessage() {}
 
 func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +661,7 @@ func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageRequest.ProtoReflect.Descriptor instead.
 func (*LoadImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{10}
+	return file_local_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LoadImageRequest) GetChunk() []byte {
@@ -599,7 +680,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +692,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +705,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{11}
+	return file_local_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LoadImageResponse) GetImages() []*ImageSummary {
@@ -643,7 +724,7 @@ type PullImageRequest struct {
 
 func (x *PullImageRequest) Reset() {
 	*x = PullImageRequest{}
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +736,7 @@ func (x *PullImageRequest) String() string {
 func (*PullImageRequest) ProtoMessage() {}
 
 func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +749,7 @@ func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
 func (*PullImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{12}
+	return file_local_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PullImageRequest) GetRef() string {
@@ -689,7 +770,7 @@ type PullImageProgress struct {
 
 func (x *PullImageProgress) Reset() {
 	*x = PullImageProgress{}
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +782,7 @@ func (x *PullImageProgress) String() string {
 func (*PullImageProgress) ProtoMessage() {}
 
 func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +795,7 @@ func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageProgress.ProtoReflect.Descriptor instead.
 func (*PullImageProgress) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{13}
+	return file_local_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PullImageProgress) GetMessage() string {
@@ -739,7 +820,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +832,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +845,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{14}
+	return file_local_proto_rawDescGZIP(), []int{16}
 }
 
 type ListImagesResponse struct {
@@ -776,7 +857,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_local_proto_msgTypes[15]
+	mi := &file_local_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +869,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[15]
+	mi := &file_local_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +882,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{15}
+	return file_local_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListImagesResponse) GetImages() []*ImageSummary {
@@ -824,7 +905,7 @@ type ImageSummary struct {
 
 func (x *ImageSummary) Reset() {
 	*x = ImageSummary{}
-	mi := &file_local_proto_msgTypes[16]
+	mi := &file_local_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +917,7 @@ func (x *ImageSummary) String() string {
 func (*ImageSummary) ProtoMessage() {}
 
 func (x *ImageSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[16]
+	mi := &file_local_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +930,7 @@ func (x *ImageSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSummary.ProtoReflect.Descriptor instead.
 func (*ImageSummary) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{16}
+	return file_local_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ImageSummary) GetRefs() []string {
@@ -892,7 +973,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_local_proto_msgTypes[17]
+	mi := &file_local_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +985,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[17]
+	mi := &file_local_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +998,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{17}
+	return file_local_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ServiceLogsRequest) GetService() string {
@@ -956,7 +1037,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_local_proto_msgTypes[18]
+	mi := &file_local_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1049,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[18]
+	mi := &file_local_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1062,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{18}
+	return file_local_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -1053,7 +1134,10 @@ const file_local_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\"V\n" +
 	"\x13JoinClusterResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12&\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x16\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x15\n" +
+	"\x13LeaveClusterRequest\"0\n" +
+	"\x14LeaveClusterResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\x03R\aremoved\"\x16\n" +
 	"\x14BackupClusterRequest\"=\n" +
 	"\vBackupChunk\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x18\n" +
@@ -1093,11 +1177,12 @@ const file_local_proto_rawDesc = "" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06stream\x18\x05 \x01(\tR\x06stream\x12\x12\n" +
-	"\x04line\x18\x06 \x01(\fR\x04line2\x92\x05\n" +
+	"\x04line\x18\x06 \x01(\fR\x04line2\xe1\x05\n" +
 	"\x05Local\x125\n" +
 	"\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x16.shoal.v1.InfoResponse\x12J\n" +
 	"\vInitCluster\x12\x1c.shoal.v1.InitClusterRequest\x1a\x1d.shoal.v1.InitClusterResponse\x12J\n" +
-	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12H\n" +
+	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12M\n" +
+	"\fLeaveCluster\x12\x1d.shoal.v1.LeaveClusterRequest\x1a\x1e.shoal.v1.LeaveClusterResponse\x12H\n" +
 	"\rBackupCluster\x12\x1e.shoal.v1.BackupClusterRequest\x1a\x15.shoal.v1.BackupChunk0\x01\x12U\n" +
 	"\x0eRestoreCluster\x12\x1f.shoal.v1.RestoreClusterRequest\x1a .shoal.v1.RestoreClusterResponse(\x01\x12F\n" +
 	"\tLoadImage\x12\x1a.shoal.v1.LoadImageRequest\x1a\x1b.shoal.v1.LoadImageResponse(\x01\x12F\n" +
@@ -1118,7 +1203,7 @@ func file_local_proto_rawDescGZIP() []byte {
 	return file_local_proto_rawDescData
 }
 
-var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_local_proto_goTypes = []any{
 	(*InfoRequest)(nil),            // 0: shoal.v1.InfoRequest
 	(*InfoResponse)(nil),           // 1: shoal.v1.InfoResponse
@@ -1126,49 +1211,53 @@ var file_local_proto_goTypes = []any{
 	(*InitClusterResponse)(nil),    // 3: shoal.v1.InitClusterResponse
 	(*JoinClusterRequest)(nil),     // 4: shoal.v1.JoinClusterRequest
 	(*JoinClusterResponse)(nil),    // 5: shoal.v1.JoinClusterResponse
-	(*BackupClusterRequest)(nil),   // 6: shoal.v1.BackupClusterRequest
-	(*BackupChunk)(nil),            // 7: shoal.v1.BackupChunk
-	(*RestoreClusterRequest)(nil),  // 8: shoal.v1.RestoreClusterRequest
-	(*RestoreClusterResponse)(nil), // 9: shoal.v1.RestoreClusterResponse
-	(*LoadImageRequest)(nil),       // 10: shoal.v1.LoadImageRequest
-	(*LoadImageResponse)(nil),      // 11: shoal.v1.LoadImageResponse
-	(*PullImageRequest)(nil),       // 12: shoal.v1.PullImageRequest
-	(*PullImageProgress)(nil),      // 13: shoal.v1.PullImageProgress
-	(*ListImagesRequest)(nil),      // 14: shoal.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),     // 15: shoal.v1.ListImagesResponse
-	(*ImageSummary)(nil),           // 16: shoal.v1.ImageSummary
-	(*ServiceLogsRequest)(nil),     // 17: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                // 18: shoal.v1.LogLine
-	(NodeRole)(0),                  // 19: shoal.v1.NodeRole
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*LeaveClusterRequest)(nil),    // 6: shoal.v1.LeaveClusterRequest
+	(*LeaveClusterResponse)(nil),   // 7: shoal.v1.LeaveClusterResponse
+	(*BackupClusterRequest)(nil),   // 8: shoal.v1.BackupClusterRequest
+	(*BackupChunk)(nil),            // 9: shoal.v1.BackupChunk
+	(*RestoreClusterRequest)(nil),  // 10: shoal.v1.RestoreClusterRequest
+	(*RestoreClusterResponse)(nil), // 11: shoal.v1.RestoreClusterResponse
+	(*LoadImageRequest)(nil),       // 12: shoal.v1.LoadImageRequest
+	(*LoadImageResponse)(nil),      // 13: shoal.v1.LoadImageResponse
+	(*PullImageRequest)(nil),       // 14: shoal.v1.PullImageRequest
+	(*PullImageProgress)(nil),      // 15: shoal.v1.PullImageProgress
+	(*ListImagesRequest)(nil),      // 16: shoal.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),     // 17: shoal.v1.ListImagesResponse
+	(*ImageSummary)(nil),           // 18: shoal.v1.ImageSummary
+	(*ServiceLogsRequest)(nil),     // 19: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                // 20: shoal.v1.LogLine
+	(NodeRole)(0),                  // 21: shoal.v1.NodeRole
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
 }
 var file_local_proto_depIdxs = []int32{
-	19, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
-	16, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
-	16, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
-	16, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
-	20, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
-	20, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	21, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
+	18, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
+	18, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
+	18, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
+	22, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
+	22, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	0,  // 6: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
 	2,  // 7: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
 	4,  // 8: shoal.v1.Local.JoinCluster:input_type -> shoal.v1.JoinClusterRequest
-	6,  // 9: shoal.v1.Local.BackupCluster:input_type -> shoal.v1.BackupClusterRequest
-	8,  // 10: shoal.v1.Local.RestoreCluster:input_type -> shoal.v1.RestoreClusterRequest
-	10, // 11: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
-	12, // 12: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
-	14, // 13: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
-	17, // 14: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	1,  // 15: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
-	3,  // 16: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
-	5,  // 17: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
-	7,  // 18: shoal.v1.Local.BackupCluster:output_type -> shoal.v1.BackupChunk
-	9,  // 19: shoal.v1.Local.RestoreCluster:output_type -> shoal.v1.RestoreClusterResponse
-	11, // 20: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
-	13, // 21: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
-	15, // 22: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
-	18, // 23: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
-	15, // [15:24] is the sub-list for method output_type
-	6,  // [6:15] is the sub-list for method input_type
+	6,  // 9: shoal.v1.Local.LeaveCluster:input_type -> shoal.v1.LeaveClusterRequest
+	8,  // 10: shoal.v1.Local.BackupCluster:input_type -> shoal.v1.BackupClusterRequest
+	10, // 11: shoal.v1.Local.RestoreCluster:input_type -> shoal.v1.RestoreClusterRequest
+	12, // 12: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
+	14, // 13: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
+	16, // 14: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
+	19, // 15: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	1,  // 16: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
+	3,  // 17: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
+	5,  // 18: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
+	7,  // 19: shoal.v1.Local.LeaveCluster:output_type -> shoal.v1.LeaveClusterResponse
+	9,  // 20: shoal.v1.Local.BackupCluster:output_type -> shoal.v1.BackupChunk
+	11, // 21: shoal.v1.Local.RestoreCluster:output_type -> shoal.v1.RestoreClusterResponse
+	13, // 22: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
+	15, // 23: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
+	17, // 24: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
+	20, // 25: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
+	16, // [16:26] is the sub-list for method output_type
+	6,  // [6:16] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1186,7 +1275,7 @@ func file_local_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_local_proto_rawDesc), len(file_local_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

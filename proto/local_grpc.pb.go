@@ -22,6 +22,7 @@ const (
 	Local_Info_FullMethodName           = "/shoal.v1.Local/Info"
 	Local_InitCluster_FullMethodName    = "/shoal.v1.Local/InitCluster"
 	Local_JoinCluster_FullMethodName    = "/shoal.v1.Local/JoinCluster"
+	Local_LeaveCluster_FullMethodName   = "/shoal.v1.Local/LeaveCluster"
 	Local_BackupCluster_FullMethodName  = "/shoal.v1.Local/BackupCluster"
 	Local_RestoreCluster_FullMethodName = "/shoal.v1.Local/RestoreCluster"
 	Local_LoadImage_FullMethodName      = "/shoal.v1.Local/LoadImage"
@@ -41,6 +42,9 @@ type LocalClient interface {
 	InitCluster(ctx context.Context, in *InitClusterRequest, opts ...grpc.CallOption) (*InitClusterResponse, error)
 	// JoinCluster makes this host a node of an existing cluster.
 	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error)
+	// LeaveCluster takes this worker out of its cluster: its containers are
+	// removed and its credentials forgotten.
+	LeaveCluster(ctx context.Context, in *LeaveClusterRequest, opts ...grpc.CallOption) (*LeaveClusterResponse, error)
 	// BackupCluster streams a consistent backup of the managers' state.
 	BackupCluster(ctx context.Context, in *BackupClusterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 	// RestoreCluster makes this host (in no cluster yet) the lone manager of
@@ -86,6 +90,16 @@ func (c *localClient) JoinCluster(ctx context.Context, in *JoinClusterRequest, o
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(JoinClusterResponse)
 	err := c.cc.Invoke(ctx, Local_JoinCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *localClient) LeaveCluster(ctx context.Context, in *LeaveClusterRequest, opts ...grpc.CallOption) (*LeaveClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveClusterResponse)
+	err := c.cc.Invoke(ctx, Local_LeaveCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +210,9 @@ type LocalServer interface {
 	InitCluster(context.Context, *InitClusterRequest) (*InitClusterResponse, error)
 	// JoinCluster makes this host a node of an existing cluster.
 	JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error)
+	// LeaveCluster takes this worker out of its cluster: its containers are
+	// removed and its credentials forgotten.
+	LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error)
 	// BackupCluster streams a consistent backup of the managers' state.
 	BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	// RestoreCluster makes this host (in no cluster yet) the lone manager of
@@ -225,6 +242,9 @@ func (UnimplementedLocalServer) InitCluster(context.Context, *InitClusterRequest
 }
 func (UnimplementedLocalServer) JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method JoinCluster not implemented")
+}
+func (UnimplementedLocalServer) LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaveCluster not implemented")
 }
 func (UnimplementedLocalServer) BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method BackupCluster not implemented")
@@ -319,6 +339,24 @@ func _Local_JoinCluster_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Local_LeaveCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalServer).LeaveCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Local_LeaveCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalServer).LeaveCluster(ctx, req.(*LeaveClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Local_BackupCluster_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(BackupClusterRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -402,6 +440,10 @@ var Local_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "JoinCluster",
 			Handler:    _Local_JoinCluster_Handler,
+		},
+		{
+			MethodName: "LeaveCluster",
+			Handler:    _Local_LeaveCluster_Handler,
 		},
 		{
 			MethodName: "ListImages",

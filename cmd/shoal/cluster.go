@@ -14,7 +14,7 @@ func newClusterCmd(a *app) *cobra.Command {
 	return newGroupCmd("cluster", "Manage the cluster",
 		"Create the cluster, join hosts to it, and manage its join tokens.",
 		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterJoinCmd(a),
-		newClusterBackupCmd(a), newClusterRestoreCmd(a))
+		newClusterLeaveCmd(a), newClusterBackupCmd(a), newClusterRestoreCmd(a))
 }
 
 func newClusterInitCmd(a *app) *cobra.Command {
@@ -246,6 +246,32 @@ certificates reconnect; lost managers are removed with 'shoal node rm'.`,
 				return fmt.Errorf("restore: %w", err)
 			}
 			fmt.Fprintf(a.stdout, "Cluster %s restored (%d services, state as of index %d); this node is its manager.\n", resp.GetClusterId(), resp.GetServices(), resp.GetIndex())
+			return nil
+		},
+	}
+}
+
+func newClusterLeaveCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "leave",
+		Short: "Take this worker out of its cluster",
+		Long: `Take this host, a worker, out of its cluster: its agent stops, every
+container it runs is removed, and its certificates are forgotten. The
+managers then see the node down; remove it there with 'shoal node rm'. The
+host can join again with a token.`,
+		Example: `  shoal cluster leave`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			resp, err := d.local.LeaveCluster(ctx, &shoalpb.LeaveClusterRequest{})
+			if err != nil {
+				return fmt.Errorf("leave: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "This node left the cluster (%d containers removed).\n", resp.GetRemoved())
 			return nil
 		},
 	}

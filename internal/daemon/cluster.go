@@ -267,3 +267,43 @@ func (d *Daemon) hasAdvertiseAddr() bool {
 	ip := net.ParseIP(host)
 	return host != "" && (ip == nil || !ip.IsUnspecified())
 }
+
+// LeaveCluster takes a worker out of its cluster: the agent stops, every
+// container of this host is removed, and the certificates and the list of
+// managers are forgotten. The managers see the node go down; remove it there
+// with `shoal node rm`. A manager must first stop being one.
+func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterRequest) (*shoalpb.LeaveClusterResponse, error) {
+	d := l.d
+	d.mu.Lock()
+	isManager, isWorker := d.mgr != nil, d.worker
+	d.mu.Unlock()
+	switch {
+	case isManager:
+		return nil, status.Error(codes.FailedPrecondition, "this node is a manager: a manager cannot leave until it is demoted, which Shoal cannot do yet; stop it instead and remove it from the other managers' view later")
+	case !isWorker:
+		return nil, status.Error(codes.FailedPrecondition, "this node is not part of a cluster")
+	}
+	d.stopAgent()
+	exec := d.executor()
+	ids, err := exec.List(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list containers: %v", err)
+	}
+	var removed int64
+	for _, id := range ids {
+		if err := exec.Remove(ctx, id); err != nil {
+			return nil, status.Errorf(codes.Internal, "remove container %s: %v", id, err)
+		}
+		removed++
+	}
+	for _, p := range []string{d.membershipPath(), d.certStore().Dir} {
+		if err := os.RemoveAll(p); err != nil {
+			return nil, status.Errorf(codes.Internal, "forget cluster membership: %v", err)
+		}
+	}
+	d.mu.Lock()
+	d.worker = false
+	d.mu.Unlock()
+	d.log.Info("left the cluster", "containers_removed", removed)
+	return &shoalpb.LeaveClusterResponse{Removed: removed}, nil
+}

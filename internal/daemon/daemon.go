@@ -81,15 +81,17 @@ type Daemon struct {
 	fwdMu    sync.Mutex                  // guards fwdConns
 	fwdConns map[string]*grpc.ClientConn // to leaders, by address
 
-	mu         sync.Mutex // guards following
-	netCancel  context.CancelFunc
-	netDone    chan struct{}
-	worker     bool // joined a cluster as a worker
-	mgr        *manager.Manager
-	mgrDone    chan struct{}
-	mgrCancel  context.CancelFunc
-	runCtx     context.Context
-	clusterErr error
+	mu          sync.Mutex // guards following
+	netCancel   context.CancelFunc
+	netDone     chan struct{}
+	agentCancel context.CancelFunc
+	agentDone   chan struct{}
+	worker      bool // joined a cluster as a worker
+	mgr         *manager.Manager
+	mgrDone     chan struct{}
+	mgrCancel   context.CancelFunc
+	runCtx      context.Context
+	clusterErr  error
 }
 
 // SocketPath is where the daemon's local API listens.
@@ -277,22 +279,46 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 		Description: desc,
 		Conn:        conn,
 		OnManagers:  onManagers,
-		Executor: &agent.RuncExecutor{
-			Images: d.images, Runtime: d.runtime, Network: d.network,
-			NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
-		},
-		Logger: d.log,
+		Executor:    d.executor(),
+		Logger:      d.log,
 	})
 	if err != nil {
 		return err
 	}
+	actx, cancel := context.WithCancel(ctx)
+	finished := make(chan struct{})
+	d.mu.Lock()
+	d.agentCancel, d.agentDone = cancel, finished
+	d.mu.Unlock()
 	d.goBackground(func() {
-		_ = ag.Run(ctx)
+		defer close(finished)
+		_ = ag.Run(actx)
 		if done != nil {
 			_ = done()
 		}
 	})
 	return nil
+}
+
+// executor is the runc executor over this host's images, runtime and
+// network.
+func (d *Daemon) executor() *agent.RuncExecutor {
+	return &agent.RuncExecutor{
+		Images: d.images, Runtime: d.runtime, Network: d.network,
+		NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
+	}
+}
+
+// stopAgent stops the agent and waits for it; containers keep running.
+func (d *Daemon) stopAgent() {
+	d.mu.Lock()
+	cancel, done := d.agentCancel, d.agentDone
+	d.agentCancel, d.agentDone = nil, nil
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
 }
 
 // startListener serves the cluster API on the network until ctx ends or
