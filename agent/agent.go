@@ -42,9 +42,12 @@ type Config struct {
 	Executor Executor
 	// Description is reported to the managers; Describe() fills it when nil.
 	Description *shoalpb.NodeDescription
-	// OnManagers, when set, is told the managers' addresses each time a
-	// session opens, so the daemon can fail over to another manager.
+	// OnManagers, when set, is told the managers' addresses each time the
+	// session says them, so the daemon can fail over to another manager.
 	OnManagers func(addrs []string)
+	// OnNode, when set, is told this node as the managers see it, when the
+	// session opens and whenever its role changes (promotion, demotion).
+	OnNode func(n *shoalpb.Node)
 	// Now is the clock (time.Now when nil).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -138,9 +141,7 @@ func (a *Agent) session(runCtx, ctx context.Context) error {
 	}
 	sid := first.GetSessionId()
 	a.log.Info("session open", "session", sid, "managers", first.GetManagers())
-	if a.cfg.OnManagers != nil && len(first.GetManagers()) > 0 {
-		a.cfg.OnManagers(first.GetManagers())
-	}
+	a.sessionMessage(first)
 	a.setConnected(true)
 
 	errc := make(chan error, 4)
@@ -157,9 +158,11 @@ func (a *Agent) session(runCtx, ctx context.Context) error {
 
 	spawn(func() error { // the session stream itself: its end ends the session
 		for {
-			if _, err := stream.Recv(); err != nil {
+			m, err := stream.Recv()
+			if err != nil {
 				return fmt.Errorf("session stream: %w", err)
 			}
+			a.sessionMessage(m)
 		}
 	})
 	spawn(func() error {
@@ -202,6 +205,16 @@ func (a *Agent) session(runCtx, ctx context.Context) error {
 		})
 	})
 	return <-errc
+}
+
+// sessionMessage hands what the managers say about this node on.
+func (a *Agent) sessionMessage(m *shoalpb.SessionMessage) {
+	if a.cfg.OnManagers != nil && len(m.GetManagers()) > 0 {
+		a.cfg.OnManagers(m.GetManagers())
+	}
+	if a.cfg.OnNode != nil && m.GetNode() != nil {
+		a.cfg.OnNode(m.GetNode())
+	}
 }
 
 // Describe reports this host: hostname, platform and resources.

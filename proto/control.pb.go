@@ -945,6 +945,102 @@ func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
+type SetNodeRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeRoleRequest) Reset() {
+	*x = SetNodeRoleRequest{}
+	mi := &file_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeRoleRequest) ProtoMessage() {}
+
+func (x *SetNodeRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeRoleRequest.ProtoReflect.Descriptor instead.
+func (*SetNodeRoleRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetNodeRoleRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SetNodeRoleRequest) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
+type SetNodeRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeRoleResponse) Reset() {
+	*x = SetNodeRoleResponse{}
+	mi := &file_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeRoleResponse) ProtoMessage() {}
+
+func (x *SetNodeRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeRoleResponse.ProtoReflect.Descriptor instead.
+func (*SetNodeRoleResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SetNodeRoleResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -953,7 +1049,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1061,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1074,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 type ListNodesResponse struct {
@@ -990,7 +1086,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1098,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1111,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1035,7 +1131,7 @@ type GetJoinTokenRequest struct {
 
 func (x *GetJoinTokenRequest) Reset() {
 	*x = GetJoinTokenRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1143,7 @@ func (x *GetJoinTokenRequest) String() string {
 func (*GetJoinTokenRequest) ProtoMessage() {}
 
 func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1156,7 @@ func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetJoinTokenRequest) GetRole() NodeRole {
@@ -1088,7 +1184,7 @@ type GetJoinTokenResponse struct {
 
 func (x *GetJoinTokenResponse) Reset() {
 	*x = GetJoinTokenResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1196,7 @@ func (x *GetJoinTokenResponse) String() string {
 func (*GetJoinTokenResponse) ProtoMessage() {}
 
 func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1209,7 @@ func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetJoinTokenResponse) GetToken() string {
@@ -1138,7 +1234,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1246,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1259,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 type GetClusterResponse struct {
@@ -1175,7 +1271,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1283,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1296,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1261,7 +1357,12 @@ const file_control_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
-	"\x12RemoveNodeResponse\"\x12\n" +
+	"\x12RemoveNodeResponse\"P\n" +
+	"\x12SetNodeRoleRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12&\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"9\n" +
+	"\x13SetNodeRoleResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.shoal.v1.NodeR\x04node\"\x12\n" +
 	"\x10ListNodesRequest\"9\n" +
 	"\x11ListNodesResponse\x12$\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\"U\n" +
@@ -1273,7 +1374,7 @@ const file_control_proto_rawDesc = "" +
 	"\rmanager_addrs\x18\x02 \x03(\tR\fmanagerAddrs\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xcd\a\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\x99\b\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1288,7 +1389,8 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"UpdateNode\x12\x1b.shoal.v1.UpdateNodeRequest\x1a\x1c.shoal.v1.UpdateNodeResponse\x12G\n" +
 	"\n" +
-	"RemoveNode\x12\x1b.shoal.v1.RemoveNodeRequest\x1a\x1c.shoal.v1.RemoveNodeResponse\x12G\n" +
+	"RemoveNode\x12\x1b.shoal.v1.RemoveNodeRequest\x1a\x1c.shoal.v1.RemoveNodeResponse\x12J\n" +
+	"\vSetNodeRole\x12\x1c.shoal.v1.SetNodeRoleRequest\x1a\x1d.shoal.v1.SetNodeRoleResponse\x12G\n" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12M\n" +
 	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
@@ -1305,7 +1407,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_control_proto_goTypes = []any{
 	(*CreateServiceRequest)(nil),  // 0: shoal.v1.CreateServiceRequest
 	(*CreateServiceResponse)(nil), // 1: shoal.v1.CreateServiceResponse
@@ -1327,68 +1429,74 @@ var file_control_proto_goTypes = []any{
 	(*UpdateNodeResponse)(nil),    // 17: shoal.v1.UpdateNodeResponse
 	(*RemoveNodeRequest)(nil),     // 18: shoal.v1.RemoveNodeRequest
 	(*RemoveNodeResponse)(nil),    // 19: shoal.v1.RemoveNodeResponse
-	(*ListNodesRequest)(nil),      // 20: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 21: shoal.v1.ListNodesResponse
-	(*GetJoinTokenRequest)(nil),   // 22: shoal.v1.GetJoinTokenRequest
-	(*GetJoinTokenResponse)(nil),  // 23: shoal.v1.GetJoinTokenResponse
-	(*GetClusterRequest)(nil),     // 24: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),    // 25: shoal.v1.GetClusterResponse
-	(*ServiceSpec)(nil),           // 26: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 27: shoal.v1.Service
-	(*Task)(nil),                  // 28: shoal.v1.Task
-	(TaskState)(0),                // 29: shoal.v1.TaskState
-	(*Node)(nil),                  // 30: shoal.v1.Node
-	(*NodeSpec)(nil),              // 31: shoal.v1.NodeSpec
-	(NodeRole)(0),                 // 32: shoal.v1.NodeRole
-	(*Cluster)(nil),               // 33: shoal.v1.Cluster
+	(*SetNodeRoleRequest)(nil),    // 20: shoal.v1.SetNodeRoleRequest
+	(*SetNodeRoleResponse)(nil),   // 21: shoal.v1.SetNodeRoleResponse
+	(*ListNodesRequest)(nil),      // 22: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 23: shoal.v1.ListNodesResponse
+	(*GetJoinTokenRequest)(nil),   // 24: shoal.v1.GetJoinTokenRequest
+	(*GetJoinTokenResponse)(nil),  // 25: shoal.v1.GetJoinTokenResponse
+	(*GetClusterRequest)(nil),     // 26: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),    // 27: shoal.v1.GetClusterResponse
+	(*ServiceSpec)(nil),           // 28: shoal.v1.ServiceSpec
+	(*Service)(nil),               // 29: shoal.v1.Service
+	(*Task)(nil),                  // 30: shoal.v1.Task
+	(TaskState)(0),                // 31: shoal.v1.TaskState
+	(*Node)(nil),                  // 32: shoal.v1.Node
+	(*NodeSpec)(nil),              // 33: shoal.v1.NodeSpec
+	(NodeRole)(0),                 // 34: shoal.v1.NodeRole
+	(*Cluster)(nil),               // 35: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	26, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	27, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	27, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	27, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	26, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	27, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	28, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	29, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	28, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	30, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	31, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	30, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	30, // 12: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	32, // 13: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	33, // 14: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	0,  // 15: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 16: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 17: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	6,  // 18: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	8,  // 19: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	10, // 20: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
-	12, // 21: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 22: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	20, // 23: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	16, // 24: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	18, // 25: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	24, // 26: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	22, // 27: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
-	1,  // 28: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 29: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	5,  // 30: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	7,  // 31: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	9,  // 32: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	11, // 33: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	13, // 34: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 35: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	21, // 36: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	17, // 37: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	19, // 38: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	25, // 39: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	23, // 40: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
-	28, // [28:41] is the sub-list for method output_type
-	15, // [15:28] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	29, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	29, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	29, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	28, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	29, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	30, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	31, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	30, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	32, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	33, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	32, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	34, // 12: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
+	32, // 13: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
+	32, // 14: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	34, // 15: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	35, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	0,  // 17: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	2,  // 18: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	4,  // 19: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	6,  // 20: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	8,  // 21: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	10, // 22: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
+	12, // 23: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	14, // 24: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	22, // 25: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	16, // 26: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	18, // 27: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	20, // 28: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
+	26, // 29: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	24, // 30: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
+	1,  // 31: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 32: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	5,  // 33: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	7,  // 34: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	9,  // 35: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	11, // 36: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	13, // 37: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 38: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 39: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	17, // 40: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	19, // 41: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	21, // 42: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
+	27, // 43: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	25, // 44: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	31, // [31:45] is the sub-list for method output_type
+	17, // [17:31] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1403,7 +1511,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Control_ListNodes_FullMethodName     = "/shoal.v1.Control/ListNodes"
 	Control_UpdateNode_FullMethodName    = "/shoal.v1.Control/UpdateNode"
 	Control_RemoveNode_FullMethodName    = "/shoal.v1.Control/RemoveNode"
+	Control_SetNodeRole_FullMethodName   = "/shoal.v1.Control/SetNodeRole"
 	Control_GetCluster_FullMethodName    = "/shoal.v1.Control/GetCluster"
 	Control_GetJoinToken_FullMethodName  = "/shoal.v1.Control/GetJoinToken"
 )
@@ -57,6 +58,10 @@ type ControlClient interface {
 	// RemoveNode deletes a node that is down (or any worker with force); its
 	// tasks are orphaned and replaced elsewhere.
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// SetNodeRole promotes a worker to manager or demotes a manager to
+	// worker. A demotion that would leave the managers without a quorum is
+	// refused with FAILED_PRECONDITION.
+	SetNodeRole(ctx context.Context, in *SetNodeRoleRequest, opts ...grpc.CallOption) (*SetNodeRoleResponse, error)
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*GetClusterResponse, error)
 	// GetJoinToken returns the token a host presents to join with a role,
 	// replacing it first when rotate is set (the old one stops working).
@@ -181,6 +186,16 @@ func (c *controlClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, o
 	return out, nil
 }
 
+func (c *controlClient) SetNodeRole(ctx context.Context, in *SetNodeRoleRequest, opts ...grpc.CallOption) (*SetNodeRoleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetNodeRoleResponse)
+	err := c.cc.Invoke(ctx, Control_SetNodeRole_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*GetClusterResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetClusterResponse)
@@ -224,6 +239,10 @@ type ControlServer interface {
 	// RemoveNode deletes a node that is down (or any worker with force); its
 	// tasks are orphaned and replaced elsewhere.
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// SetNodeRole promotes a worker to manager or demotes a manager to
+	// worker. A demotion that would leave the managers without a quorum is
+	// refused with FAILED_PRECONDITION.
+	SetNodeRole(context.Context, *SetNodeRoleRequest) (*SetNodeRoleResponse, error)
 	GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error)
 	// GetJoinToken returns the token a host presents to join with a role,
 	// replacing it first when rotate is set (the old one stops working).
@@ -270,6 +289,9 @@ func (UnimplementedControlServer) UpdateNode(context.Context, *UpdateNodeRequest
 }
 func (UnimplementedControlServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedControlServer) SetNodeRole(context.Context, *SetNodeRoleRequest) (*SetNodeRoleResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetNodeRole not implemented")
 }
 func (UnimplementedControlServer) GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetCluster not implemented")
@@ -496,6 +518,24 @@ func _Control_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_SetNodeRole_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNodeRoleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).SetNodeRole(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_SetNodeRole_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).SetNodeRole(ctx, req.(*SetNodeRoleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_GetCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetClusterRequest)
 	if err := dec(in); err != nil {
@@ -582,6 +622,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveNode",
 			Handler:    _Control_RemoveNode_Handler,
+		},
+		{
+			MethodName: "SetNodeRole",
+			Handler:    _Control_SetNodeRole_Handler,
 		},
 		{
 			MethodName: "GetCluster",

@@ -19,7 +19,9 @@ const selfNode = "self"
 func newNodeCmd(a *app) *cobra.Command {
 	return newGroupCmd("node", "Manage the cluster's nodes",
 		"List, inspect, update and remove the hosts of the cluster. Needs a manager.",
-		newNodeLsCmd(a), newNodeInspectCmd(a), newNodeUpdateCmd(a), newNodeRmCmd(a))
+		newNodeLsCmd(a), newNodeInspectCmd(a), newNodeUpdateCmd(a), newNodeRmCmd(a),
+		newNodeRoleCmd(a, "promote", shoalpb.NodeRole_NODE_ROLE_MANAGER),
+		newNodeRoleCmd(a, "demote", shoalpb.NodeRole_NODE_ROLE_WORKER))
 }
 
 func newNodeLsCmd(a *app) *cobra.Command {

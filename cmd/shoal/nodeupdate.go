@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
@@ -144,4 +145,43 @@ demoted first.`,
 	}
 	c.Flags().BoolVarP(&force, "force", "f", false, "remove the node even if it is up")
 	return c
+}
+
+func newNodeRoleCmd(a *app, verb string, role shoalpb.NodeRole) *cobra.Command {
+	long := map[string]string{
+		"promote": `Make workers managers. Each promoted node receives a manager certificate
+and joins the managers' Raft group as a learner, becoming a voter once it
+has caught up. It must have been started with --advertise-addr.`,
+		"demote": `Make managers workers. Each is removed from the managers' Raft group first;
+a demotion that would leave the managers without a quorum is refused. The
+demoted node keeps its containers and its old Raft state (moved aside).`,
+	}[verb]
+	return &cobra.Command{
+		Use:     verb + " NODE [NODE...]",
+		Short:   strings.ToUpper(verb[:1]) + verb[1:] + " nodes",
+		Long:    long,
+		Example: "  shoal node " + verb + " node-3",
+		Args:    minArgs(1, "NODE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, arg := range args {
+				n, err := getNode(ctx, d, arg)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if _, err := d.control.SetNodeRole(ctx, &shoalpb.SetNodeRoleRequest{Node: n.GetId(), Role: role}); err != nil {
+					errs = append(errs, fmt.Errorf("%s %s: %w", verb, arg, err))
+					continue
+				}
+				fmt.Fprintf(a.stdout, "Node %s %sd.\n", arg, verb)
+			}
+			return reportAll(a, errs)
+		},
+	}
 }

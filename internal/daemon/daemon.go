@@ -86,12 +86,14 @@ type Daemon struct {
 	netDone     chan struct{}
 	agentCancel context.CancelFunc
 	agentDone   chan struct{}
-	worker      bool // joined a cluster as a worker
-	mgr         *manager.Manager
-	mgrDone     chan struct{}
-	mgrCancel   context.CancelFunc
-	runCtx      context.Context
-	clusterErr  error
+	// changingRole is set while this host is being promoted or demoted.
+	changingRole bool
+	worker       bool // joined a cluster as a worker
+	mgr          *manager.Manager
+	mgrDone      chan struct{}
+	mgrCancel    context.CancelFunc
+	runCtx       context.Context
+	clusterErr   error
 }
 
 // SocketPath is where the daemon's local API listens.
@@ -279,6 +281,7 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 		Description: desc,
 		Conn:        conn,
 		OnManagers:  onManagers,
+		OnNode:      d.onNode,
 		Executor:    d.executor(),
 		Logger:      d.log,
 	})

@@ -114,6 +114,14 @@ func (p *controlProxy) RemoveNode(ctx context.Context, r *shoalpb.RemoveNodeRequ
 	return c.RemoveNode(ctx, r)
 }
 
+func (p *controlProxy) SetNodeRole(ctx context.Context, r *shoalpb.SetNodeRoleRequest) (*shoalpb.SetNodeRoleResponse, error) {
+	m, err := p.d.manager()
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return m.SetNodeRole(ctx, r)
+}
+
 func (p *controlProxy) GetJoinToken(ctx context.Context, r *shoalpb.GetJoinTokenRequest) (*shoalpb.GetJoinTokenResponse, error) {
 	c, err := p.control()
 	if err != nil {

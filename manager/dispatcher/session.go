@@ -44,14 +44,38 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 		return status.Errorf(codes.Unavailable, "session of node %s: record node: %v", nodeID, err)
 	}
 	d.logger.Info("session opened", "node", nodeID, "session", s.id, "addr", node.GetStatus().GetAddr())
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := d.store.Watch(wctx)
 	if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: node, Managers: d.managerAddrs()}); err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-s.ctx.Done():
-		return sessionEnded(s)
+	// The node learns of changes to its role (promotion, demotion) on its
+	// session: it acts on them itself.
+	role, desired := node.GetRole(), node.GetSpec().GetDesiredRole()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.ctx.Done():
+			return sessionEnded(s)
+		case ev, ok := <-events:
+			if !ok {
+				events = d.store.Watch(wctx) // fell behind: watch again
+				continue
+			}
+			n, isNode := ev.Object.(*shoalpb.Node)
+			if !isNode || n.GetId() != nodeID || ev.Kind == store.EventDelete {
+				continue
+			}
+			if n.GetRole() == role && n.GetSpec().GetDesiredRole() == desired {
+				continue
+			}
+			role, desired = n.GetRole(), n.GetSpec().GetDesiredRole()
+			if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: n, Managers: d.managerAddrs()}); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -109,7 +109,13 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *shoalpb.IssueNod
 		if n == nil {
 			return nil, status.Errorf(codes.PermissionDenied, "node %s is no longer part of the cluster", nodeID)
 		}
-		if r, err := RoleOf(n.GetRole()); err == nil {
+		// A promotion or demotion in progress: the desired role wins, so the
+		// node gets the certificate of the role it is moving to.
+		want := n.GetRole()
+		if d := n.GetSpec().GetDesiredRole(); d != shoalpb.NodeRole_NODE_ROLE_UNSPECIFIED {
+			want = d
+		}
+		if r, err := RoleOf(want); err == nil {
 			role = r
 		}
 	} else {

@@ -1,0 +1,80 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/shoal-project/shoal/manager/store"
+	shoalpb "github.com/shoal-project/shoal/proto"
+	"github.com/shoal-project/shoal/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// SetNodeRole promotes or demotes a node; it runs on the leader.
+//
+// A promotion only records the desired role: the node learns it on its
+// session, gets a manager certificate and joins Raft itself. A demotion
+// removes the node from the Raft group first (refused when the remaining
+// managers would lack a quorum), then records it as a worker; the node
+// learns it on its session and turns into a worker.
+func (m *Manager) SetNodeRole(ctx context.Context, req *shoalpb.SetNodeRoleRequest) (*shoalpb.SetNodeRoleResponse, error) {
+	resp, err := m.control.GetNode(ctx, &shoalpb.GetNodeRequest{Node: req.GetNode()})
+	if err != nil {
+		return nil, err
+	}
+	n := resp.GetNode()
+	name := n.GetDescription().GetHostname()
+	switch req.GetRole() {
+	case shoalpb.NodeRole_NODE_ROLE_MANAGER:
+		if n.GetRole() == shoalpb.NodeRole_NODE_ROLE_MANAGER {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %s is already a manager", name)
+		}
+	case shoalpb.NodeRole_NODE_ROLE_WORKER:
+		if n.GetRole() != shoalpb.NodeRole_NODE_ROLE_MANAGER {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %s is not a manager", name)
+		}
+		raftID := n.GetManagerStatus().GetRaftId()
+		if raftID == m.cfg.RaftID {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %s is the leader: demote it once another manager leads (stop its shoald for a moment)", name)
+		}
+		if err := m.node.RemoveMember(ctx, raftID); err != nil {
+			if errors.Is(err, raft.ErrQuorumRisk) {
+				return nil, status.Errorf(codes.FailedPrecondition, "demoting %s would leave the managers without a quorum: bring the unreachable managers back first", name)
+			}
+			if !errors.Is(err, raft.ErrUnknownMember) {
+				return nil, status.Errorf(codes.Unavailable, "remove %s from the managers: %v", name, err)
+			}
+		}
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "invalid role %v: expected worker or manager", req.GetRole())
+	}
+	err = m.store.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
+		cur := tx.GetNode(n.GetId())
+		if cur == nil {
+			return status.Errorf(codes.NotFound, "node %s is gone", name)
+		}
+		cur = proto.Clone(cur).(*shoalpb.Node)
+		if cur.Spec == nil {
+			cur.Spec = &shoalpb.NodeSpec{}
+		}
+		cur.Spec.DesiredRole = req.GetRole()
+		if req.GetRole() == shoalpb.NodeRole_NODE_ROLE_WORKER {
+			cur.Role = shoalpb.NodeRole_NODE_ROLE_WORKER
+			cur.ManagerStatus = nil
+		}
+		b.UpdateNode(cur)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record the role of %s: %w", name, err)
+	}
+	out, err := m.control.GetNode(ctx, &shoalpb.GetNodeRequest{Node: n.GetId()})
+	if err != nil {
+		return nil, err
+	}
+	m.logger.Info("node role changed", "node", n.GetId(), "role", req.GetRole())
+	return &shoalpb.SetNodeRoleResponse{Node: out.GetNode()}, nil
+}
