@@ -271,7 +271,7 @@ func (d *Daemon) hasAdvertiseAddr() bool {
 // LeaveCluster takes a worker out of its cluster: the agent stops, every
 // container of this host is removed, and the certificates and the list of
 // managers are forgotten. The managers see the node go down; remove it there
-// with `shoal node rm`. A manager must first stop being one.
+// with `shoal node rm`. A manager must be demoted first.
 func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterRequest) (*shoalpb.LeaveClusterResponse, error) {
 	d := l.d
 	d.mu.Lock()
@@ -279,7 +279,7 @@ func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterR
 	d.mu.Unlock()
 	switch {
 	case isManager:
-		return nil, status.Error(codes.FailedPrecondition, "this node is a manager: a manager cannot leave until it is demoted, which Shoal cannot do yet; stop it instead and remove it from the other managers' view later")
+		return nil, status.Error(codes.FailedPrecondition, "this node is a manager: demote it first (`shoal node demote` on a manager), then leave")
 	case !isWorker:
 		return nil, status.Error(codes.FailedPrecondition, "this node is not part of a cluster")
 	}
