@@ -1,6 +1,8 @@
 package manager
 
 import (
+	"context"
+
 	"github.com/shoal-project/shoal/manager/nodeca"
 	shoalpb "github.com/shoal-project/shoal/proto"
 )
@@ -14,3 +16,8 @@ func (m *Manager) Dispatcher() shoalpb.DispatcherServer { return m.dispatcher }
 
 // NodeCA returns the manager's certificate authority for nodes.
 func (m *Manager) NodeCA() *nodeca.Server { return m.nodeCA }
+
+// ReadIndex waits until this manager has applied everything committed
+// before the call, as confirmed by a quorum: a read served after it is
+// linearizable.
+func (m *Manager) ReadIndex(ctx context.Context) error { return m.node.ReadIndex(ctx) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
@@ -125,6 +126,9 @@ func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServ
 		return nil, err
 	}
 	if conn == nil {
+		if isRead(info.FullMethod) && serviceOf(info.FullMethod) == shoalpb.Control_ServiceDesc.ServiceName {
+			d.confirmRead(ctx)
+		}
 		return handler(ctx, req)
 	}
 	md, err := methodDescriptor(info.FullMethod)
@@ -189,5 +193,25 @@ func (d *Daemon) forwardStream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 		if err := ss.SendMsg(out); err != nil {
 			return err
 		}
+	}
+}
+
+// readIndexTimeout bounds the wait for a quorum to confirm a read: past it,
+// the read is answered anyway, labelled as possibly stale.
+const readIndexTimeout = 2 * time.Second
+
+// confirmRead makes a read on the leader linearizable: ReadIndex checks
+// with a quorum that this manager still leads and has applied every
+// acknowledged write. When that fails (the leader lost its quorum and does
+// not know it yet), the read is still answered, with the staleness header.
+func (d *Daemon) confirmRead(ctx context.Context) {
+	m, err := d.manager()
+	if err != nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, readIndexTimeout)
+	defer cancel()
+	if err := m.ReadIndex(rctx); err != nil {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(StaleHeader, "no quorum confirmed this read: this manager's state may miss the latest writes"))
 	}
 }
