@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -127,6 +129,34 @@ func TestWorkerJoin(t *testing.T) {
 		t.Errorf("worker containers after restart %v, want %v", now, before)
 	}
 
+	// Certificates renew in place, through a manager (the manager through
+	// its own listener); after both daemons restart on the renewed
+	// certificates, the cluster is whole.
+	certs := map[*harness.Host][]byte{}
+	for _, h := range []*harness.Host{wrk, mgr} {
+		certs[h] = readFile(t, filepath.Join(h.DataDir, "certificates", "node.crt"))
+		if out := h.MustShoal("node", "renew-cert"); !strings.Contains(out, "renewed") {
+			t.Errorf("%s renew-cert said %q", h.Name, out)
+		}
+		if bytes.Equal(certs[h], readFile(t, filepath.Join(h.DataDir, "certificates", "node.crt"))) {
+			t.Errorf("%s: node.crt unchanged after renew-cert", h.Name)
+		}
+	}
+	mgr.Kill()
+	mgr.Start("--insecure-registry", reg)
+	wrk.Kill()
+	wrk.Start("--insecure-registry", reg)
+	c.Eventually(waitConverge, "both nodes ready on renewed certificates", func() error {
+		out, err := mgr.Shoal("node", "ls")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "Ready"); n != 2 {
+			return fmt.Errorf("%d ready:\n%s", n, out)
+		}
+		return nil
+	})
+
 	// The worker leaves: its containers go, the managers see it down, it is
 	// removed there, and it can join again. A manager cannot leave.
 	if _, err := mgr.Shoal("cluster", "leave"); err == nil || !strings.Contains(err.Error(), "manager") {
@@ -154,4 +184,13 @@ func TestWorkerJoin(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

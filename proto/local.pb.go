@@ -434,6 +434,102 @@ func (x *LeaveClusterResponse) GetRemoved() int64 {
 	return 0
 }
 
+type RenewCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_local_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{8}
+}
+
+type RenewCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=shoal.v1.NodeRole" json:"role,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateResponse) Reset() {
+	*x = RenewCertificateResponse{}
+	mi := &file_local_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateResponse) ProtoMessage() {}
+
+func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_local_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_local_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RenewCertificateResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RenewCertificateResponse) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_UNSPECIFIED
+}
+
+func (x *RenewCertificateResponse) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 type BackupClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -442,7 +538,7 @@ type BackupClusterRequest struct {
 
 func (x *BackupClusterRequest) Reset() {
 	*x = BackupClusterRequest{}
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +550,7 @@ func (x *BackupClusterRequest) String() string {
 func (*BackupClusterRequest) ProtoMessage() {}
 
 func (x *BackupClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[8]
+	mi := &file_local_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +563,7 @@ func (x *BackupClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupClusterRequest.ProtoReflect.Descriptor instead.
 func (*BackupClusterRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{8}
+	return file_local_proto_rawDescGZIP(), []int{10}
 }
 
 type BackupChunk struct {
@@ -481,7 +577,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +589,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[9]
+	mi := &file_local_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +602,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{9}
+	return file_local_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BackupChunk) GetChunk() []byte {
@@ -532,7 +628,7 @@ type RestoreClusterRequest struct {
 
 func (x *RestoreClusterRequest) Reset() {
 	*x = RestoreClusterRequest{}
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +640,7 @@ func (x *RestoreClusterRequest) String() string {
 func (*RestoreClusterRequest) ProtoMessage() {}
 
 func (x *RestoreClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[10]
+	mi := &file_local_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +653,7 @@ func (x *RestoreClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreClusterRequest.ProtoReflect.Descriptor instead.
 func (*RestoreClusterRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{10}
+	return file_local_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RestoreClusterRequest) GetChunk() []byte {
@@ -578,7 +674,7 @@ type RestoreClusterResponse struct {
 
 func (x *RestoreClusterResponse) Reset() {
 	*x = RestoreClusterResponse{}
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +686,7 @@ func (x *RestoreClusterResponse) String() string {
 func (*RestoreClusterResponse) ProtoMessage() {}
 
 func (x *RestoreClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[11]
+	mi := &file_local_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +699,7 @@ func (x *RestoreClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreClusterResponse.ProtoReflect.Descriptor instead.
 func (*RestoreClusterResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{11}
+	return file_local_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RestoreClusterResponse) GetClusterId() string {
@@ -636,7 +732,7 @@ type LoadImageRequest struct {
 
 func (x *LoadImageRequest) Reset() {
 	*x = LoadImageRequest{}
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +744,7 @@ func (x *LoadImageRequest) String() string {
 func (*LoadImageRequest) ProtoMessage() {}
 
 func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[12]
+	mi := &file_local_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +757,7 @@ func (x *LoadImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageRequest.ProtoReflect.Descriptor instead.
 func (*LoadImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{12}
+	return file_local_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LoadImageRequest) GetChunk() []byte {
@@ -680,7 +776,7 @@ type LoadImageResponse struct {
 
 func (x *LoadImageResponse) Reset() {
 	*x = LoadImageResponse{}
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +788,7 @@ func (x *LoadImageResponse) String() string {
 func (*LoadImageResponse) ProtoMessage() {}
 
 func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[13]
+	mi := &file_local_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +801,7 @@ func (x *LoadImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadImageResponse.ProtoReflect.Descriptor instead.
 func (*LoadImageResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{13}
+	return file_local_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LoadImageResponse) GetImages() []*ImageSummary {
@@ -724,7 +820,7 @@ type PullImageRequest struct {
 
 func (x *PullImageRequest) Reset() {
 	*x = PullImageRequest{}
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +832,7 @@ func (x *PullImageRequest) String() string {
 func (*PullImageRequest) ProtoMessage() {}
 
 func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[14]
+	mi := &file_local_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +845,7 @@ func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
 func (*PullImageRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{14}
+	return file_local_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PullImageRequest) GetRef() string {
@@ -770,7 +866,7 @@ type PullImageProgress struct {
 
 func (x *PullImageProgress) Reset() {
 	*x = PullImageProgress{}
-	mi := &file_local_proto_msgTypes[15]
+	mi := &file_local_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +878,7 @@ func (x *PullImageProgress) String() string {
 func (*PullImageProgress) ProtoMessage() {}
 
 func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[15]
+	mi := &file_local_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +891,7 @@ func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageProgress.ProtoReflect.Descriptor instead.
 func (*PullImageProgress) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{15}
+	return file_local_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PullImageProgress) GetMessage() string {
@@ -820,7 +916,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_local_proto_msgTypes[16]
+	mi := &file_local_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +928,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[16]
+	mi := &file_local_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +941,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{16}
+	return file_local_proto_rawDescGZIP(), []int{18}
 }
 
 type ListImagesResponse struct {
@@ -857,7 +953,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_local_proto_msgTypes[17]
+	mi := &file_local_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +965,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[17]
+	mi := &file_local_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +978,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{17}
+	return file_local_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListImagesResponse) GetImages() []*ImageSummary {
@@ -905,7 +1001,7 @@ type ImageSummary struct {
 
 func (x *ImageSummary) Reset() {
 	*x = ImageSummary{}
-	mi := &file_local_proto_msgTypes[18]
+	mi := &file_local_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1013,7 @@ func (x *ImageSummary) String() string {
 func (*ImageSummary) ProtoMessage() {}
 
 func (x *ImageSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[18]
+	mi := &file_local_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1026,7 @@ func (x *ImageSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSummary.ProtoReflect.Descriptor instead.
 func (*ImageSummary) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{18}
+	return file_local_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ImageSummary) GetRefs() []string {
@@ -973,7 +1069,7 @@ type ServiceLogsRequest struct {
 
 func (x *ServiceLogsRequest) Reset() {
 	*x = ServiceLogsRequest{}
-	mi := &file_local_proto_msgTypes[19]
+	mi := &file_local_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1081,7 @@ func (x *ServiceLogsRequest) String() string {
 func (*ServiceLogsRequest) ProtoMessage() {}
 
 func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[19]
+	mi := &file_local_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1094,7 @@ func (x *ServiceLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLogsRequest.ProtoReflect.Descriptor instead.
 func (*ServiceLogsRequest) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{19}
+	return file_local_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceLogsRequest) GetService() string {
@@ -1037,7 +1133,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_local_proto_msgTypes[20]
+	mi := &file_local_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1145,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_local_proto_msgTypes[20]
+	mi := &file_local_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1158,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_local_proto_rawDescGZIP(), []int{20}
+	return file_local_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LogLine) GetTaskId() string {
@@ -1137,7 +1233,12 @@ const file_local_proto_rawDesc = "" +
 	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x15\n" +
 	"\x13LeaveClusterRequest\"0\n" +
 	"\x14LeaveClusterResponse\x12\x18\n" +
-	"\aremoved\x18\x01 \x01(\x03R\aremoved\"\x16\n" +
+	"\aremoved\x18\x01 \x01(\x03R\aremoved\"\x19\n" +
+	"\x17RenewCertificateRequest\"\x94\x01\n" +
+	"\x18RenewCertificateResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12&\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x16\n" +
 	"\x14BackupClusterRequest\"=\n" +
 	"\vBackupChunk\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x18\n" +
@@ -1177,12 +1278,13 @@ const file_local_proto_rawDesc = "" +
 	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06stream\x18\x05 \x01(\tR\x06stream\x12\x12\n" +
-	"\x04line\x18\x06 \x01(\fR\x04line2\xe1\x05\n" +
+	"\x04line\x18\x06 \x01(\fR\x04line2\xbc\x06\n" +
 	"\x05Local\x125\n" +
 	"\x04Info\x12\x15.shoal.v1.InfoRequest\x1a\x16.shoal.v1.InfoResponse\x12J\n" +
 	"\vInitCluster\x12\x1c.shoal.v1.InitClusterRequest\x1a\x1d.shoal.v1.InitClusterResponse\x12J\n" +
 	"\vJoinCluster\x12\x1c.shoal.v1.JoinClusterRequest\x1a\x1d.shoal.v1.JoinClusterResponse\x12M\n" +
-	"\fLeaveCluster\x12\x1d.shoal.v1.LeaveClusterRequest\x1a\x1e.shoal.v1.LeaveClusterResponse\x12H\n" +
+	"\fLeaveCluster\x12\x1d.shoal.v1.LeaveClusterRequest\x1a\x1e.shoal.v1.LeaveClusterResponse\x12Y\n" +
+	"\x10RenewCertificate\x12!.shoal.v1.RenewCertificateRequest\x1a\".shoal.v1.RenewCertificateResponse\x12H\n" +
 	"\rBackupCluster\x12\x1e.shoal.v1.BackupClusterRequest\x1a\x15.shoal.v1.BackupChunk0\x01\x12U\n" +
 	"\x0eRestoreCluster\x12\x1f.shoal.v1.RestoreClusterRequest\x1a .shoal.v1.RestoreClusterResponse(\x01\x12F\n" +
 	"\tLoadImage\x12\x1a.shoal.v1.LoadImageRequest\x1a\x1b.shoal.v1.LoadImageResponse(\x01\x12F\n" +
@@ -1203,64 +1305,70 @@ func file_local_proto_rawDescGZIP() []byte {
 	return file_local_proto_rawDescData
 }
 
-var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_local_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_local_proto_goTypes = []any{
-	(*InfoRequest)(nil),            // 0: shoal.v1.InfoRequest
-	(*InfoResponse)(nil),           // 1: shoal.v1.InfoResponse
-	(*InitClusterRequest)(nil),     // 2: shoal.v1.InitClusterRequest
-	(*InitClusterResponse)(nil),    // 3: shoal.v1.InitClusterResponse
-	(*JoinClusterRequest)(nil),     // 4: shoal.v1.JoinClusterRequest
-	(*JoinClusterResponse)(nil),    // 5: shoal.v1.JoinClusterResponse
-	(*LeaveClusterRequest)(nil),    // 6: shoal.v1.LeaveClusterRequest
-	(*LeaveClusterResponse)(nil),   // 7: shoal.v1.LeaveClusterResponse
-	(*BackupClusterRequest)(nil),   // 8: shoal.v1.BackupClusterRequest
-	(*BackupChunk)(nil),            // 9: shoal.v1.BackupChunk
-	(*RestoreClusterRequest)(nil),  // 10: shoal.v1.RestoreClusterRequest
-	(*RestoreClusterResponse)(nil), // 11: shoal.v1.RestoreClusterResponse
-	(*LoadImageRequest)(nil),       // 12: shoal.v1.LoadImageRequest
-	(*LoadImageResponse)(nil),      // 13: shoal.v1.LoadImageResponse
-	(*PullImageRequest)(nil),       // 14: shoal.v1.PullImageRequest
-	(*PullImageProgress)(nil),      // 15: shoal.v1.PullImageProgress
-	(*ListImagesRequest)(nil),      // 16: shoal.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),     // 17: shoal.v1.ListImagesResponse
-	(*ImageSummary)(nil),           // 18: shoal.v1.ImageSummary
-	(*ServiceLogsRequest)(nil),     // 19: shoal.v1.ServiceLogsRequest
-	(*LogLine)(nil),                // 20: shoal.v1.LogLine
-	(NodeRole)(0),                  // 21: shoal.v1.NodeRole
-	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
+	(*InfoRequest)(nil),              // 0: shoal.v1.InfoRequest
+	(*InfoResponse)(nil),             // 1: shoal.v1.InfoResponse
+	(*InitClusterRequest)(nil),       // 2: shoal.v1.InitClusterRequest
+	(*InitClusterResponse)(nil),      // 3: shoal.v1.InitClusterResponse
+	(*JoinClusterRequest)(nil),       // 4: shoal.v1.JoinClusterRequest
+	(*JoinClusterResponse)(nil),      // 5: shoal.v1.JoinClusterResponse
+	(*LeaveClusterRequest)(nil),      // 6: shoal.v1.LeaveClusterRequest
+	(*LeaveClusterResponse)(nil),     // 7: shoal.v1.LeaveClusterResponse
+	(*RenewCertificateRequest)(nil),  // 8: shoal.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 9: shoal.v1.RenewCertificateResponse
+	(*BackupClusterRequest)(nil),     // 10: shoal.v1.BackupClusterRequest
+	(*BackupChunk)(nil),              // 11: shoal.v1.BackupChunk
+	(*RestoreClusterRequest)(nil),    // 12: shoal.v1.RestoreClusterRequest
+	(*RestoreClusterResponse)(nil),   // 13: shoal.v1.RestoreClusterResponse
+	(*LoadImageRequest)(nil),         // 14: shoal.v1.LoadImageRequest
+	(*LoadImageResponse)(nil),        // 15: shoal.v1.LoadImageResponse
+	(*PullImageRequest)(nil),         // 16: shoal.v1.PullImageRequest
+	(*PullImageProgress)(nil),        // 17: shoal.v1.PullImageProgress
+	(*ListImagesRequest)(nil),        // 18: shoal.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),       // 19: shoal.v1.ListImagesResponse
+	(*ImageSummary)(nil),             // 20: shoal.v1.ImageSummary
+	(*ServiceLogsRequest)(nil),       // 21: shoal.v1.ServiceLogsRequest
+	(*LogLine)(nil),                  // 22: shoal.v1.LogLine
+	(NodeRole)(0),                    // 23: shoal.v1.NodeRole
+	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
 }
 var file_local_proto_depIdxs = []int32{
-	21, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
-	18, // 1: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
-	18, // 2: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
-	18, // 3: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
-	22, // 4: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
-	22, // 5: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	0,  // 6: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
-	2,  // 7: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
-	4,  // 8: shoal.v1.Local.JoinCluster:input_type -> shoal.v1.JoinClusterRequest
-	6,  // 9: shoal.v1.Local.LeaveCluster:input_type -> shoal.v1.LeaveClusterRequest
-	8,  // 10: shoal.v1.Local.BackupCluster:input_type -> shoal.v1.BackupClusterRequest
-	10, // 11: shoal.v1.Local.RestoreCluster:input_type -> shoal.v1.RestoreClusterRequest
-	12, // 12: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
-	14, // 13: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
-	16, // 14: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
-	19, // 15: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
-	1,  // 16: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
-	3,  // 17: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
-	5,  // 18: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
-	7,  // 19: shoal.v1.Local.LeaveCluster:output_type -> shoal.v1.LeaveClusterResponse
-	9,  // 20: shoal.v1.Local.BackupCluster:output_type -> shoal.v1.BackupChunk
-	11, // 21: shoal.v1.Local.RestoreCluster:output_type -> shoal.v1.RestoreClusterResponse
-	13, // 22: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
-	15, // 23: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
-	17, // 24: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
-	20, // 25: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
-	16, // [16:26] is the sub-list for method output_type
-	6,  // [6:16] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	23, // 0: shoal.v1.JoinClusterResponse.role:type_name -> shoal.v1.NodeRole
+	23, // 1: shoal.v1.RenewCertificateResponse.role:type_name -> shoal.v1.NodeRole
+	24, // 2: shoal.v1.RenewCertificateResponse.not_after:type_name -> google.protobuf.Timestamp
+	20, // 3: shoal.v1.LoadImageResponse.images:type_name -> shoal.v1.ImageSummary
+	20, // 4: shoal.v1.PullImageProgress.image:type_name -> shoal.v1.ImageSummary
+	20, // 5: shoal.v1.ListImagesResponse.images:type_name -> shoal.v1.ImageSummary
+	24, // 6: shoal.v1.ImageSummary.created_at:type_name -> google.protobuf.Timestamp
+	24, // 7: shoal.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	0,  // 8: shoal.v1.Local.Info:input_type -> shoal.v1.InfoRequest
+	2,  // 9: shoal.v1.Local.InitCluster:input_type -> shoal.v1.InitClusterRequest
+	4,  // 10: shoal.v1.Local.JoinCluster:input_type -> shoal.v1.JoinClusterRequest
+	6,  // 11: shoal.v1.Local.LeaveCluster:input_type -> shoal.v1.LeaveClusterRequest
+	8,  // 12: shoal.v1.Local.RenewCertificate:input_type -> shoal.v1.RenewCertificateRequest
+	10, // 13: shoal.v1.Local.BackupCluster:input_type -> shoal.v1.BackupClusterRequest
+	12, // 14: shoal.v1.Local.RestoreCluster:input_type -> shoal.v1.RestoreClusterRequest
+	14, // 15: shoal.v1.Local.LoadImage:input_type -> shoal.v1.LoadImageRequest
+	16, // 16: shoal.v1.Local.PullImage:input_type -> shoal.v1.PullImageRequest
+	18, // 17: shoal.v1.Local.ListImages:input_type -> shoal.v1.ListImagesRequest
+	21, // 18: shoal.v1.Local.ServiceLogs:input_type -> shoal.v1.ServiceLogsRequest
+	1,  // 19: shoal.v1.Local.Info:output_type -> shoal.v1.InfoResponse
+	3,  // 20: shoal.v1.Local.InitCluster:output_type -> shoal.v1.InitClusterResponse
+	5,  // 21: shoal.v1.Local.JoinCluster:output_type -> shoal.v1.JoinClusterResponse
+	7,  // 22: shoal.v1.Local.LeaveCluster:output_type -> shoal.v1.LeaveClusterResponse
+	9,  // 23: shoal.v1.Local.RenewCertificate:output_type -> shoal.v1.RenewCertificateResponse
+	11, // 24: shoal.v1.Local.BackupCluster:output_type -> shoal.v1.BackupChunk
+	13, // 25: shoal.v1.Local.RestoreCluster:output_type -> shoal.v1.RestoreClusterResponse
+	15, // 26: shoal.v1.Local.LoadImage:output_type -> shoal.v1.LoadImageResponse
+	17, // 27: shoal.v1.Local.PullImage:output_type -> shoal.v1.PullImageProgress
+	19, // 28: shoal.v1.Local.ListImages:output_type -> shoal.v1.ListImagesResponse
+	22, // 29: shoal.v1.Local.ServiceLogs:output_type -> shoal.v1.LogLine
+	19, // [19:30] is the sub-list for method output_type
+	8,  // [8:19] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_local_proto_init() }
@@ -1275,7 +1383,7 @@ func file_local_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_local_proto_rawDesc), len(file_local_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Local_Info_FullMethodName           = "/shoal.v1.Local/Info"
-	Local_InitCluster_FullMethodName    = "/shoal.v1.Local/InitCluster"
-	Local_JoinCluster_FullMethodName    = "/shoal.v1.Local/JoinCluster"
-	Local_LeaveCluster_FullMethodName   = "/shoal.v1.Local/LeaveCluster"
-	Local_BackupCluster_FullMethodName  = "/shoal.v1.Local/BackupCluster"
-	Local_RestoreCluster_FullMethodName = "/shoal.v1.Local/RestoreCluster"
-	Local_LoadImage_FullMethodName      = "/shoal.v1.Local/LoadImage"
-	Local_PullImage_FullMethodName      = "/shoal.v1.Local/PullImage"
-	Local_ListImages_FullMethodName     = "/shoal.v1.Local/ListImages"
-	Local_ServiceLogs_FullMethodName    = "/shoal.v1.Local/ServiceLogs"
+	Local_Info_FullMethodName             = "/shoal.v1.Local/Info"
+	Local_InitCluster_FullMethodName      = "/shoal.v1.Local/InitCluster"
+	Local_JoinCluster_FullMethodName      = "/shoal.v1.Local/JoinCluster"
+	Local_LeaveCluster_FullMethodName     = "/shoal.v1.Local/LeaveCluster"
+	Local_RenewCertificate_FullMethodName = "/shoal.v1.Local/RenewCertificate"
+	Local_BackupCluster_FullMethodName    = "/shoal.v1.Local/BackupCluster"
+	Local_RestoreCluster_FullMethodName   = "/shoal.v1.Local/RestoreCluster"
+	Local_LoadImage_FullMethodName        = "/shoal.v1.Local/LoadImage"
+	Local_PullImage_FullMethodName        = "/shoal.v1.Local/PullImage"
+	Local_ListImages_FullMethodName       = "/shoal.v1.Local/ListImages"
+	Local_ServiceLogs_FullMethodName      = "/shoal.v1.Local/ServiceLogs"
 )
 
 // LocalClient is the client API for Local service.
@@ -45,6 +46,9 @@ type LocalClient interface {
 	// LeaveCluster takes this worker out of its cluster: its containers are
 	// removed and its credentials forgotten.
 	LeaveCluster(ctx context.Context, in *LeaveClusterRequest, opts ...grpc.CallOption) (*LeaveClusterResponse, error)
+	// RenewCertificate renews this host's node certificate now (it is also
+	// renewed automatically, two thirds into its validity).
+	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error)
 	// BackupCluster streams a consistent backup of the managers' state.
 	BackupCluster(ctx context.Context, in *BackupClusterRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 	// RestoreCluster makes this host (in no cluster yet) the lone manager of
@@ -100,6 +104,16 @@ func (c *localClient) LeaveCluster(ctx context.Context, in *LeaveClusterRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LeaveClusterResponse)
 	err := c.cc.Invoke(ctx, Local_LeaveCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *localClient) RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewCertificateResponse)
+	err := c.cc.Invoke(ctx, Local_RenewCertificate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -213,6 +227,9 @@ type LocalServer interface {
 	// LeaveCluster takes this worker out of its cluster: its containers are
 	// removed and its credentials forgotten.
 	LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error)
+	// RenewCertificate renews this host's node certificate now (it is also
+	// renewed automatically, two thirds into its validity).
+	RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error)
 	// BackupCluster streams a consistent backup of the managers' state.
 	BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	// RestoreCluster makes this host (in no cluster yet) the lone manager of
@@ -245,6 +262,9 @@ func (UnimplementedLocalServer) JoinCluster(context.Context, *JoinClusterRequest
 }
 func (UnimplementedLocalServer) LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method LeaveCluster not implemented")
+}
+func (UnimplementedLocalServer) RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenewCertificate not implemented")
 }
 func (UnimplementedLocalServer) BackupCluster(*BackupClusterRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method BackupCluster not implemented")
@@ -357,6 +377,24 @@ func _Local_LeaveCluster_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Local_RenewCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LocalServer).RenewCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Local_RenewCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LocalServer).RenewCertificate(ctx, req.(*RenewCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Local_BackupCluster_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(BackupClusterRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -444,6 +482,10 @@ var Local_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LeaveCluster",
 			Handler:    _Local_LeaveCluster_Handler,
+		},
+		{
+			MethodName: "RenewCertificate",
+			Handler:    _Local_RenewCertificate_Handler,
 		},
 		{
 			MethodName: "ListImages",

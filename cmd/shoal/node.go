@@ -21,7 +21,8 @@ func newNodeCmd(a *app) *cobra.Command {
 		"List, inspect, update and remove the hosts of the cluster. Needs a manager.",
 		newNodeLsCmd(a), newNodeInspectCmd(a), newNodeUpdateCmd(a), newNodeRmCmd(a),
 		newNodeRoleCmd(a, "promote", shoalpb.NodeRole_NODE_ROLE_MANAGER),
-		newNodeRoleCmd(a, "demote", shoalpb.NodeRole_NODE_ROLE_WORKER))
+		newNodeRoleCmd(a, "demote", shoalpb.NodeRole_NODE_ROLE_WORKER),
+		newNodeRenewCertCmd(a))
 }
 
 func newNodeLsCmd(a *app) *cobra.Command {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
@@ -182,6 +183,33 @@ demoted node keeps its containers and its old Raft state (moved aside).`,
 				fmt.Fprintf(a.stdout, "Node %s %sd.\n", arg, verb)
 			}
 			return reportAll(a, errs)
+		},
+	}
+}
+
+func newNodeRenewCertCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "renew-cert",
+		Short: "Renew this host's node certificate now",
+		Long: `Renew the certificate this host's shoald presents to the cluster, now. The
+daemon also renews it by itself two thirds into its validity (90 days);
+renew by hand after suspecting the old key leaked. New connections use the
+new certificate at once; nothing restarts.`,
+		Example: `  shoal node renew-cert`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			resp, err := d.local.RenewCertificate(ctx, &shoalpb.RenewCertificateRequest{})
+			if err != nil {
+				return fmt.Errorf("renew: %w", err)
+			}
+			role := strings.ToLower(strings.TrimPrefix(resp.GetRole().String(), "NODE_ROLE_"))
+			fmt.Fprintf(a.stdout, "Certificate of node %s (%s) renewed; valid until %s.\n", resp.GetNodeId(), role, resp.GetNotAfter().AsTime().Format(time.RFC3339))
+			return nil
 		},
 	}
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,19 +56,41 @@ func (d *Daemon) saveMembership(m membership) error {
 	return writeFileSync(d.membershipPath(), b)
 }
 
-// tlsMaterial loads the node's certificate and the cluster's CA pool.
+// tlsMaterial loads the node's credentials, and makes the daemon's live
+// certificate holder present the certificate found on disk.
 func (d *Daemon) tlsMaterial() (*ca.Credentials, error) {
 	creds, err := d.certStore().Load()
 	if err != nil {
 		return nil, fmt.Errorf("load node certificates: %w", err)
 	}
+	if _, err := d.useCredentials(&creds); err != nil {
+		return nil, err
+	}
 	return &creds, nil
 }
 
-// dialManager connects to a manager over mutual TLS with the node's
-// certificate.
-func dialManager(addr string, creds *ca.Credentials) (*grpc.ClientConn, error) {
+// useCredentials makes creds the certificate every TLS config of the daemon
+// presents at its next handshake (listener, dispatcher, Raft, forwarding):
+// a renewed or role-changed certificate takes effect without a restart.
+func (d *Daemon) useCredentials(creds *ca.Credentials) (*ca.KeyPair, error) {
 	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.keyPair == nil {
+		d.keyPair = ca.NewKeyPair(cert)
+	} else {
+		d.keyPair.Set(cert)
+	}
+	return d.keyPair, nil
+}
+
+// clientTLS is the mutual TLS configuration for calls to managers, with the
+// daemon's live certificate.
+func (d *Daemon) clientTLS(creds *ca.Credentials) (*tls.Config, error) {
+	kp, err := d.useCredentials(creds)
 	if err != nil {
 		return nil, err
 	}
@@ -75,19 +98,24 @@ func dialManager(addr string, creds *ca.Credentials) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tlsCfg := ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName)
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	return kp.ApplyTo(ca.ClientTLSConfig(nil, pool, ca.ManagerServerName)), nil
+}
+
+// dialManager connects to a manager over mutual TLS with the node's
+// certificate.
+func (d *Daemon) dialManager(addr string, creds *ca.Credentials) (*grpc.ClientConn, error) {
+	cfg, err := d.clientTLS(creds)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }
 
 // dialManagers connects to whichever of the managers answers, over mutual
 // TLS; update replaces the list (pick_first moves to the next address when
 // the current one fails).
-func dialManagers(addrs []string, creds *ca.Credentials) (*grpc.ClientConn, func([]string), error) {
-	cert, err := creds.TLSCertificate()
-	if err != nil {
-		return nil, nil, err
-	}
-	pool, err := creds.CertPool()
+func (d *Daemon) dialManagers(addrs []string, creds *ca.Credentials) (*grpc.ClientConn, func([]string), error) {
+	tlsCfg, err := d.clientTLS(creds)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,7 +130,7 @@ func dialManagers(addrs []string, creds *ca.Credentials) (*grpc.ClientConn, func
 	r.InitialState(state(addrs))
 	conn, err := grpc.NewClient(r.Scheme()+":///managers",
 		grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName))),
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 	)
 	if err != nil {
 		return nil, nil, err
@@ -136,7 +164,7 @@ func clusterPolicy() map[string][]ca.Role {
 // ctx ends. Only a host holding a certificate listens: there is never a
 // plaintext listener on the network.
 func (d *Daemon) serveNetwork(ctx context.Context, creds *ca.Credentials) error {
-	cert, err := creds.TLSCertificate()
+	kp, err := d.useCredentials(creds)
 	if err != nil {
 		return err
 	}
@@ -148,7 +176,7 @@ func (d *Daemon) serveNetwork(ctx context.Context, creds *ca.Credentials) error 
 		"/" + shoalpb.NodeCA_ServiceDesc.ServiceName + "/IssueNodeCertificate": true,
 	})
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(ca.ServerTLSConfigAllowJoin(cert, pool))),
+		grpc.Creds(credentials.NewTLS(kp.ApplyTo(ca.ServerTLSConfigAllowJoin(kp.Get(), pool)))),
 		grpc.ChainUnaryInterceptor(unary, d.forwardUnary),
 		grpc.ChainStreamInterceptor(stream, d.forwardStream),
 	)
@@ -226,7 +254,7 @@ func (d *Daemon) dialPeer(_ context.Context, addr string) (*grpc.ClientConn, err
 	if err != nil {
 		return nil, err
 	}
-	return dialManager(addr, creds)
+	return d.dialManager(addr, creds)
 }
 
 // joinManagers makes this host, which holds a manager certificate now, a
@@ -236,7 +264,7 @@ func (d *Daemon) joinManagers(ctx, runCtx context.Context, leaderAddr string, cr
 	if !d.hasAdvertiseAddr() {
 		return status.Error(codes.FailedPrecondition, "joining as a manager needs the address other managers reach this host at: start shoald with --advertise-addr, then join again")
 	}
-	conn, err := dialManager(leaderAddr, creds)
+	conn, err := d.dialManager(leaderAddr, creds)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "connect to manager %s: %v", leaderAddr, err)
 	}
@@ -284,6 +312,7 @@ func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterR
 		return nil, status.Error(codes.FailedPrecondition, "this node is not part of a cluster")
 	}
 	d.stopAgent()
+	d.stopRenewer()
 	exec := d.executor()
 	ids, err := exec.List(ctx)
 	if err != nil {

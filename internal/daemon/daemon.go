@@ -88,6 +88,9 @@ type Daemon struct {
 	agentDone   chan struct{}
 	// changingRole is set while this host is being promoted or demoted.
 	changingRole bool
+	keyPair      *ca.KeyPair // the certificate TLS presents; see useCredentials
+	renewer      *ca.Renewer // nil until the host holds credentials
+	renewCancel  context.CancelFunc
 	worker       bool // joined a cluster as a worker
 	mgr          *manager.Manager
 	mgrDone      chan struct{}
@@ -241,6 +244,9 @@ func (d *Daemon) runAsManager(ctx context.Context) error {
 		return err
 	}
 	d.startListener(ctx, creds)
+	if err := d.startRenewer(ctx); err != nil {
+		return err
+	}
 	return d.startAgent(ctx, d.localConn, nil, nil)
 }
 
@@ -255,13 +261,16 @@ func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
 	if err != nil {
 		return err
 	}
-	conn, update, err := dialManagers(mem.Managers, creds)
+	conn, update, err := d.dialManagers(mem.Managers, creds)
 	if err != nil {
 		return fmt.Errorf("connect to the managers %v: %w", mem.Managers, err)
 	}
 	d.mu.Lock()
 	d.worker = true
 	d.mu.Unlock()
+	if err := d.startRenewer(ctx); err != nil {
+		return err
+	}
 	onManagers := func(addrs []string) {
 		update(addrs)
 		if err := d.saveMembership(membership{Managers: addrs}); err != nil {

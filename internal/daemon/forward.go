@@ -89,7 +89,7 @@ func (d *Daemon) leaderConn() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "forward to the leader: %v", err)
 	}
-	c, err := dialManager(addr, creds)
+	c, err := d.dialManager(addr, creds)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "forward to the leader at %s: %v", addr, err)
 	}

@@ -54,7 +54,7 @@ func (d *Daemon) renewCertificate(ctx context.Context, addrs []string, want ca.R
 	}
 	var errs []error
 	for _, addr := range addrs {
-		conn, err := dialManager(addr, creds)
+		conn, err := d.dialManager(addr, creds)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -72,6 +72,9 @@ func (d *Daemon) renewCertificate(ctx context.Context, addrs []string, want ca.R
 		}
 		next := ca.Credentials{CACertPEM: resp.GetCaCertPem(), CertPEM: resp.GetCertPem(), KeyPEM: key}
 		if err := d.certStore().Save(next); err != nil {
+			return nil, err
+		}
+		if _, err := d.useCredentials(&next); err != nil {
 			return nil, err
 		}
 		return &next, nil
