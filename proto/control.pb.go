@@ -1226,6 +1226,94 @@ func (x *GetJoinTokenResponse) GetManagerAddrs() []string {
 	return nil
 }
 
+type GetOperatorTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rotate        bool                   `protobuf:"varint,1,opt,name=rotate,proto3" json:"rotate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOperatorTokenRequest) Reset() {
+	*x = GetOperatorTokenRequest{}
+	mi := &file_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOperatorTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOperatorTokenRequest) ProtoMessage() {}
+
+func (x *GetOperatorTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOperatorTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetOperatorTokenRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetOperatorTokenRequest) GetRotate() bool {
+	if x != nil {
+		return x.Rotate
+	}
+	return false
+}
+
+type GetOperatorTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOperatorTokenResponse) Reset() {
+	*x = GetOperatorTokenResponse{}
+	mi := &file_control_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOperatorTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOperatorTokenResponse) ProtoMessage() {}
+
+func (x *GetOperatorTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOperatorTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetOperatorTokenResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetOperatorTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type GetClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1234,7 +1322,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1334,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1347,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 type GetClusterResponse struct {
@@ -1271,7 +1359,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1371,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1384,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1371,10 +1459,14 @@ const file_control_proto_rawDesc = "" +
 	"\x06rotate\x18\x02 \x01(\bR\x06rotate\"Q\n" +
 	"\x14GetJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12#\n" +
-	"\rmanager_addrs\x18\x02 \x03(\tR\fmanagerAddrs\"\x13\n" +
+	"\rmanager_addrs\x18\x02 \x03(\tR\fmanagerAddrs\"1\n" +
+	"\x17GetOperatorTokenRequest\x12\x16\n" +
+	"\x06rotate\x18\x01 \x01(\bR\x06rotate\"0\n" +
+	"\x18GetOperatorTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\x99\b\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xf4\b\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1393,7 +1485,8 @@ const file_control_proto_rawDesc = "" +
 	"\vSetNodeRole\x12\x1c.shoal.v1.SetNodeRoleRequest\x1a\x1d.shoal.v1.SetNodeRoleResponse\x12G\n" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12M\n" +
-	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
+	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponse\x12Y\n" +
+	"\x10GetOperatorToken\x12!.shoal.v1.GetOperatorTokenRequest\x1a\".shoal.v1.GetOperatorTokenResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1407,63 +1500,65 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),  // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil), // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),     // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),    // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),   // 4: shoal.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),  // 5: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),  // 6: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil), // 7: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),  // 8: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil), // 9: shoal.v1.RemoveServiceResponse
-	(*GetTaskRequest)(nil),        // 10: shoal.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),       // 11: shoal.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),      // 12: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 13: shoal.v1.ListTasksResponse
-	(*GetNodeRequest)(nil),        // 14: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),       // 15: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),     // 16: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),    // 17: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),     // 18: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),    // 19: shoal.v1.RemoveNodeResponse
-	(*SetNodeRoleRequest)(nil),    // 20: shoal.v1.SetNodeRoleRequest
-	(*SetNodeRoleResponse)(nil),   // 21: shoal.v1.SetNodeRoleResponse
-	(*ListNodesRequest)(nil),      // 22: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 23: shoal.v1.ListNodesResponse
-	(*GetJoinTokenRequest)(nil),   // 24: shoal.v1.GetJoinTokenRequest
-	(*GetJoinTokenResponse)(nil),  // 25: shoal.v1.GetJoinTokenResponse
-	(*GetClusterRequest)(nil),     // 26: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),    // 27: shoal.v1.GetClusterResponse
-	(*ServiceSpec)(nil),           // 28: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 29: shoal.v1.Service
-	(*Task)(nil),                  // 30: shoal.v1.Task
-	(TaskState)(0),                // 31: shoal.v1.TaskState
-	(*Node)(nil),                  // 32: shoal.v1.Node
-	(*NodeSpec)(nil),              // 33: shoal.v1.NodeSpec
-	(NodeRole)(0),                 // 34: shoal.v1.NodeRole
-	(*Cluster)(nil),               // 35: shoal.v1.Cluster
+	(*CreateServiceRequest)(nil),     // 0: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),    // 1: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),        // 2: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),       // 3: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),      // 4: shoal.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 5: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),     // 6: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),    // 7: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),     // 8: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),    // 9: shoal.v1.RemoveServiceResponse
+	(*GetTaskRequest)(nil),           // 10: shoal.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),          // 11: shoal.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),         // 12: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),        // 13: shoal.v1.ListTasksResponse
+	(*GetNodeRequest)(nil),           // 14: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),          // 15: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),        // 16: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),       // 17: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),        // 18: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),       // 19: shoal.v1.RemoveNodeResponse
+	(*SetNodeRoleRequest)(nil),       // 20: shoal.v1.SetNodeRoleRequest
+	(*SetNodeRoleResponse)(nil),      // 21: shoal.v1.SetNodeRoleResponse
+	(*ListNodesRequest)(nil),         // 22: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 23: shoal.v1.ListNodesResponse
+	(*GetJoinTokenRequest)(nil),      // 24: shoal.v1.GetJoinTokenRequest
+	(*GetJoinTokenResponse)(nil),     // 25: shoal.v1.GetJoinTokenResponse
+	(*GetOperatorTokenRequest)(nil),  // 26: shoal.v1.GetOperatorTokenRequest
+	(*GetOperatorTokenResponse)(nil), // 27: shoal.v1.GetOperatorTokenResponse
+	(*GetClusterRequest)(nil),        // 28: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),       // 29: shoal.v1.GetClusterResponse
+	(*ServiceSpec)(nil),              // 30: shoal.v1.ServiceSpec
+	(*Service)(nil),                  // 31: shoal.v1.Service
+	(*Task)(nil),                     // 32: shoal.v1.Task
+	(TaskState)(0),                   // 33: shoal.v1.TaskState
+	(*Node)(nil),                     // 34: shoal.v1.Node
+	(*NodeSpec)(nil),                 // 35: shoal.v1.NodeSpec
+	(NodeRole)(0),                    // 36: shoal.v1.NodeRole
+	(*Cluster)(nil),                  // 37: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	28, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	29, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	29, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	29, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	28, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	29, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	30, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	31, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	30, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	32, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	33, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	32, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	34, // 12: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
-	32, // 13: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
-	32, // 14: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	34, // 15: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	35, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	30, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	31, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	31, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	31, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	30, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	31, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	32, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	33, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	32, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	34, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	35, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	34, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	36, // 12: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
+	34, // 13: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
+	34, // 14: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	36, // 15: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	37, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	0,  // 17: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
 	2,  // 18: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
 	4,  // 19: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
@@ -1476,24 +1571,26 @@ var file_control_proto_depIdxs = []int32{
 	16, // 26: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
 	18, // 27: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
 	20, // 28: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
-	26, // 29: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	28, // 29: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
 	24, // 30: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
-	1,  // 31: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 32: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	5,  // 33: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	7,  // 34: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	9,  // 35: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	11, // 36: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	13, // 37: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 38: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	23, // 39: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	17, // 40: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	19, // 41: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	21, // 42: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
-	27, // 43: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	25, // 44: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
-	31, // [31:45] is the sub-list for method output_type
-	17, // [17:31] is the sub-list for method input_type
+	26, // 31: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
+	1,  // 32: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	3,  // 33: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	5,  // 34: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	7,  // 35: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	9,  // 36: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	11, // 37: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	13, // 38: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	15, // 39: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	23, // 40: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	17, // 41: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	19, // 42: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	21, // 43: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
+	29, // 44: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	25, // 45: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	27, // 46: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
+	32, // [32:47] is the sub-list for method output_type
+	17, // [17:32] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -1511,7 +1608,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

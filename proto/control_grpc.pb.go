@@ -19,20 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_CreateService_FullMethodName = "/shoal.v1.Control/CreateService"
-	Control_GetService_FullMethodName    = "/shoal.v1.Control/GetService"
-	Control_ListServices_FullMethodName  = "/shoal.v1.Control/ListServices"
-	Control_UpdateService_FullMethodName = "/shoal.v1.Control/UpdateService"
-	Control_RemoveService_FullMethodName = "/shoal.v1.Control/RemoveService"
-	Control_GetTask_FullMethodName       = "/shoal.v1.Control/GetTask"
-	Control_ListTasks_FullMethodName     = "/shoal.v1.Control/ListTasks"
-	Control_GetNode_FullMethodName       = "/shoal.v1.Control/GetNode"
-	Control_ListNodes_FullMethodName     = "/shoal.v1.Control/ListNodes"
-	Control_UpdateNode_FullMethodName    = "/shoal.v1.Control/UpdateNode"
-	Control_RemoveNode_FullMethodName    = "/shoal.v1.Control/RemoveNode"
-	Control_SetNodeRole_FullMethodName   = "/shoal.v1.Control/SetNodeRole"
-	Control_GetCluster_FullMethodName    = "/shoal.v1.Control/GetCluster"
-	Control_GetJoinToken_FullMethodName  = "/shoal.v1.Control/GetJoinToken"
+	Control_CreateService_FullMethodName    = "/shoal.v1.Control/CreateService"
+	Control_GetService_FullMethodName       = "/shoal.v1.Control/GetService"
+	Control_ListServices_FullMethodName     = "/shoal.v1.Control/ListServices"
+	Control_UpdateService_FullMethodName    = "/shoal.v1.Control/UpdateService"
+	Control_RemoveService_FullMethodName    = "/shoal.v1.Control/RemoveService"
+	Control_GetTask_FullMethodName          = "/shoal.v1.Control/GetTask"
+	Control_ListTasks_FullMethodName        = "/shoal.v1.Control/ListTasks"
+	Control_GetNode_FullMethodName          = "/shoal.v1.Control/GetNode"
+	Control_ListNodes_FullMethodName        = "/shoal.v1.Control/ListNodes"
+	Control_UpdateNode_FullMethodName       = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName       = "/shoal.v1.Control/RemoveNode"
+	Control_SetNodeRole_FullMethodName      = "/shoal.v1.Control/SetNodeRole"
+	Control_GetCluster_FullMethodName       = "/shoal.v1.Control/GetCluster"
+	Control_GetJoinToken_FullMethodName     = "/shoal.v1.Control/GetJoinToken"
+	Control_GetOperatorToken_FullMethodName = "/shoal.v1.Control/GetOperatorToken"
 )
 
 // ControlClient is the client API for Control service.
@@ -66,6 +67,9 @@ type ControlClient interface {
 	// GetJoinToken returns the token a host presents to join with a role,
 	// replacing it first when rotate is set (the old one stops working).
 	GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error)
+	// GetOperatorToken returns the token operators present to call this API
+	// through a worker, replacing it first when rotate is set.
+	GetOperatorToken(ctx context.Context, in *GetOperatorTokenRequest, opts ...grpc.CallOption) (*GetOperatorTokenResponse, error)
 }
 
 type controlClient struct {
@@ -216,6 +220,16 @@ func (c *controlClient) GetJoinToken(ctx context.Context, in *GetJoinTokenReques
 	return out, nil
 }
 
+func (c *controlClient) GetOperatorToken(ctx context.Context, in *GetOperatorTokenRequest, opts ...grpc.CallOption) (*GetOperatorTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOperatorTokenResponse)
+	err := c.cc.Invoke(ctx, Control_GetOperatorToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -247,6 +261,9 @@ type ControlServer interface {
 	// GetJoinToken returns the token a host presents to join with a role,
 	// replacing it first when rotate is set (the old one stops working).
 	GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error)
+	// GetOperatorToken returns the token operators present to call this API
+	// through a worker, replacing it first when rotate is set.
+	GetOperatorToken(context.Context, *GetOperatorTokenRequest) (*GetOperatorTokenResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -298,6 +315,9 @@ func (UnimplementedControlServer) GetCluster(context.Context, *GetClusterRequest
 }
 func (UnimplementedControlServer) GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJoinToken not implemented")
+}
+func (UnimplementedControlServer) GetOperatorToken(context.Context, *GetOperatorTokenRequest) (*GetOperatorTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetOperatorToken not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -572,6 +592,24 @@ func _Control_GetJoinToken_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_GetOperatorToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOperatorTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetOperatorToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetOperatorToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetOperatorToken(ctx, req.(*GetOperatorTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -634,6 +672,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJoinToken",
 			Handler:    _Control_GetJoinToken_Handler,
+		},
+		{
+			MethodName: "GetOperatorToken",
+			Handler:    _Control_GetOperatorToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

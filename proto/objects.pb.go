@@ -1570,8 +1570,11 @@ type ClusterSecurity struct {
 	CaKeyPem         []byte                 `protobuf:"bytes,2,opt,name=ca_key_pem,json=caKeyPem,proto3" json:"ca_key_pem,omitempty"`
 	WorkerJoinToken  string                 `protobuf:"bytes,3,opt,name=worker_join_token,json=workerJoinToken,proto3" json:"worker_join_token,omitempty"`
 	ManagerJoinToken string                 `protobuf:"bytes,4,opt,name=manager_join_token,json=managerJoinToken,proto3" json:"manager_join_token,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// OperatorToken lets an operator call the control API through any node,
+	// a worker's socket included (the worker forwards it to a manager).
+	OperatorToken string `protobuf:"bytes,5,opt,name=operator_token,json=operatorToken,proto3" json:"operator_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterSecurity) Reset() {
@@ -1628,6 +1631,13 @@ func (x *ClusterSecurity) GetWorkerJoinToken() string {
 func (x *ClusterSecurity) GetManagerJoinToken() string {
 	if x != nil {
 		return x.ManagerJoinToken
+	}
+	return ""
+}
+
+func (x *ClusterSecurity) GetOperatorToken() string {
+	if x != nil {
+		return x.OperatorToken
 	}
 	return ""
 }
@@ -2062,13 +2072,14 @@ const file_objects_proto_rawDesc = "" +
 	" \x01(\x04R\x0eserviceVersion\"O\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
-	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\"\xa9\x01\n" +
+	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\"\xd0\x01\n" +
 	"\x0fClusterSecurity\x12\x1e\n" +
 	"\vca_cert_pem\x18\x01 \x01(\fR\tcaCertPem\x12\x1c\n" +
 	"\n" +
 	"ca_key_pem\x18\x02 \x01(\fR\bcaKeyPem\x12*\n" +
 	"\x11worker_join_token\x18\x03 \x01(\tR\x0fworkerJoinToken\x12,\n" +
-	"\x12manager_join_token\x18\x04 \x01(\tR\x10managerJoinToken\"\x9f\x01\n" +
+	"\x12manager_join_token\x18\x04 \x01(\tR\x10managerJoinToken\x12%\n" +
+	"\x0eoperator_token\x18\x05 \x01(\tR\roperatorToken\"\x9f\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +

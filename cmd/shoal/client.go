@@ -64,9 +64,10 @@ func socketPath(host string) (string, error) {
 // the connection is up, so that a missing daemon is one clear error rather
 // than a transport error from whichever call comes first. A tcp:// host is a
 // manager reached over mutual TLS with the credentials in tlsDir.
-func dial(ctx context.Context, host, tlsDir string, warnings io.Writer) (*grpc.ClientConn, error) {
+func dial(ctx context.Context, host, tlsDir, token string, warnings io.Writer) (*grpc.ClientConn, error) {
+	tokUnary, tokStream := withToken(token)
 	if addr, ok := strings.CutPrefix(host, "tcp://"); ok {
-		return dialTCP(ctx, addr, tlsDir, warnings)
+		return dialTCP(ctx, addr, tlsDir, warnings, tokUnary, tokStream)
 	}
 	path, err := socketPath(host)
 	if err != nil {
@@ -89,8 +90,8 @@ func dial(ctx context.Context, host, tlsDir string, warnings io.Writer) (*grpc.C
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialer),
-		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings)),
-		grpc.WithChainStreamInterceptor(cleanStreamErrors),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings), tokUnary),
+		grpc.WithChainStreamInterceptor(cleanStreamErrors, tokStream),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to shoald at %s: %w", path, err)
@@ -130,7 +131,7 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn) bool {
 // the node credentials (ca.crt, node.crt, node.key) found in tlsDir. Only
 // the control API is served there: the commands about one host's images,
 // logs and membership need that host's own socket.
-func dialTCP(ctx context.Context, addr, tlsDir string, warnings io.Writer) (*grpc.ClientConn, error) {
+func dialTCP(ctx context.Context, addr, tlsDir string, warnings io.Writer, tokUnary grpc.UnaryClientInterceptor, tokStream grpc.StreamClientInterceptor) (*grpc.ClientConn, error) {
 	creds, err := ca.Store{Dir: tlsDir}.Load()
 	if err != nil {
 		return nil, fmt.Errorf("load TLS credentials from %s (set --tls-dir): %w", tlsDir, err)
@@ -145,8 +146,8 @@ func dialTCP(ctx context.Context, addr, tlsDir string, warnings io.Writer) (*grp
 	}
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLSConfig(&cert, pool, ca.ManagerServerName))),
-		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings)),
-		grpc.WithChainStreamInterceptor(cleanStreamErrors),
+		grpc.WithChainUnaryInterceptor(cleanUnaryErrors, warnStale(warnings), tokUnary),
+		grpc.WithChainStreamInterceptor(cleanStreamErrors, tokStream),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("--host tcp://%s: %w", addr, err)
@@ -194,6 +195,25 @@ func cleanError(err error) error {
 
 func cleanUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	return cleanError(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+// operatorTokenHeader carries --token to the daemon (see internal/daemon).
+const operatorTokenHeader = "shoal-operator-token"
+
+// withToken returns interceptors that send the operator token on every
+// call, when one is set.
+func withToken(token string) (grpc.UnaryClientInterceptor, grpc.StreamClientInterceptor) {
+	add := func(ctx context.Context) context.Context {
+		if token == "" {
+			return ctx
+		}
+		return metadata.AppendToOutgoingContext(ctx, operatorTokenHeader, token)
+	}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(add(ctx), method, req, reply, cc, opts...)
+		}, func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(add(ctx), desc, cc, method, opts...)
+		}
 }
 
 // staleHeader is the header a manager sets on a read answered without a

@@ -13,7 +13,7 @@ import (
 func newClusterCmd(a *app) *cobra.Command {
 	return newGroupCmd("cluster", "Manage the cluster",
 		"Create the cluster, join hosts to it, and manage its join tokens.",
-		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterJoinCmd(a),
+		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterOperatorTokenCmd(a), newClusterJoinCmd(a),
 		newClusterLeaveCmd(a), newClusterBackupCmd(a), newClusterRestoreCmd(a))
 }
 
@@ -275,4 +275,34 @@ host can join again with a token.`,
 			return nil
 		},
 	}
+}
+
+func newClusterOperatorTokenCmd(a *app) *cobra.Command {
+	var rotate bool
+	c := &cobra.Command{
+		Use:   "operator-token [--rotate]",
+		Short: "Show (or rotate) the token that lets operators use the API through any node",
+		Long: `Print the operator token. With it, the cluster API can be used through any
+node's socket, a worker's included: the worker relays the call to a manager
+with the token, and a worker without it is refused. Keep it like a
+password. --rotate replaces it; the old one stops working at once.`,
+		Example: `  shoal cluster operator-token
+  SHOAL_TOKEN=$(shoal cluster operator-token) shoal --host unix:///run/shoal/shoal.sock service ls   # on a worker`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			resp, err := d.control.GetOperatorToken(ctx, &shoalpb.GetOperatorTokenRequest{Rotate: rotate})
+			if err != nil {
+				return fmt.Errorf("operator token: %w", err)
+			}
+			fmt.Fprintln(a.stdout, resp.GetToken())
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&rotate, "rotate", false, "replace the token first")
+	return c
 }

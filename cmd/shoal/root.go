@@ -31,6 +31,7 @@ const envHost = "SHOAL_HOST"
 // default, and defaultTLSDir is where shoald keeps a node's credentials
 // with its default --data-dir.
 const (
+	envToken      = "SHOAL_TOKEN"
 	envTLSDir     = "SHOAL_TLS_DIR"
 	defaultTLSDir = "/var/lib/shoal/certificates"
 )
@@ -59,6 +60,7 @@ type app struct {
 
 	host   string // --host
 	tlsDir string // --tls-dir
+	token  string // --token
 
 	conn   *grpc.ClientConn // nil until dialled
 	client *daemonClient
@@ -109,7 +111,7 @@ func (a *app) daemon(ctx context.Context) (*daemonClient, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	conn, err := dial(ctx, a.host, a.tlsDir, a.stderr)
+	conn, err := dial(ctx, a.host, a.tlsDir, a.token, a.stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +156,8 @@ then run services with 'shoal service create'.`,
 	if d := getenv(envTLSDir); d != "" {
 		tlsDir = d
 	}
+	root.PersistentFlags().StringVar(&a.token, "token", getenv(envToken),
+		"operator token, to use the cluster API through a worker (env "+envToken+"; `shoal cluster operator-token` on a manager)")
 	root.PersistentFlags().StringVar(&a.tlsDir, "tls-dir", tlsDir,
 		"with tcp:// hosts: directory with the cluster credentials ca.crt, node.crt, node.key (env "+envTLSDir+")")
 

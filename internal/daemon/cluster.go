@@ -152,7 +152,9 @@ func clusterPolicy() map[string][]ca.Role {
 			policy["/"+desc.ServiceName+"/"+s.StreamName] = roles
 		}
 	}
-	add(shoalpb.Control_ServiceDesc, ca.RoleManager)
+	// Workers pass only with an operator token (operatorCheck): it is how a
+	// worker's socket serves the control API for an operator.
+	add(shoalpb.Control_ServiceDesc, ca.RoleManager, ca.RoleWorker)
 	add(shoalpb.Dispatcher_ServiceDesc, ca.RoleWorker, ca.RoleManager)
 	add(shoalpb.NodeCA_ServiceDesc, ca.RoleWorker, ca.RoleManager)
 	add(shoalpb.Raft_ServiceDesc, ca.RoleManager)
@@ -177,7 +179,7 @@ func (d *Daemon) serveNetwork(ctx context.Context, creds *ca.Credentials) error 
 	})
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(kp.ApplyTo(ca.ServerTLSConfigAllowJoin(kp.Get(), pool)))),
-		grpc.ChainUnaryInterceptor(unary, d.forwardUnary),
+		grpc.ChainUnaryInterceptor(unary, d.operatorCheck, d.forwardUnary),
 		grpc.ChainStreamInterceptor(stream, d.forwardStream),
 	)
 	if m, err := d.manager(); err == nil {
@@ -331,7 +333,7 @@ func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterR
 		}
 	}
 	d.mu.Lock()
-	d.worker = false
+	d.worker, d.workerConn = false, nil
 	d.mu.Unlock()
 	d.log.Info("left the cluster", "containers_removed", removed)
 	return &shoalpb.LeaveClusterResponse{Removed: removed}, nil

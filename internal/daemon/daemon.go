@@ -91,7 +91,8 @@ type Daemon struct {
 	keyPair      *ca.KeyPair // the certificate TLS presents; see useCredentials
 	renewer      *ca.Renewer // nil until the host holds credentials
 	renewCancel  context.CancelFunc
-	worker       bool // joined a cluster as a worker
+	workerConn   *grpc.ClientConn // to the managers, while a worker
+	worker       bool             // joined a cluster as a worker
 	mgr          *manager.Manager
 	mgrDone      chan struct{}
 	mgrCancel    context.CancelFunc
@@ -267,6 +268,7 @@ func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
 	}
 	d.mu.Lock()
 	d.worker = true
+	d.workerConn = conn
 	d.mu.Unlock()
 	if err := d.startRenewer(ctx); err != nil {
 		return err
@@ -441,7 +443,7 @@ func (d *Daemon) manager() (*manager.Manager, error) {
 
 var (
 	errNotManager = errors.New("this node is not a manager of a cluster: run `shoal cluster init` first")
-	errWorker     = errors.New("this node is a worker: run this command against a manager (--host)")
+	errWorker     = errors.New("this node is a worker: pass an operator token (--token or SHOAL_TOKEN; `shoal cluster operator-token` on a manager prints it), or run this command against a manager (--host)")
 )
 
 // loadNodeID reads this host's node id, creating it on first start.

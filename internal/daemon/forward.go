@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-project/shoal/internal/ca"
+	"github.com/shoal-project/shoal/manager/nodeca"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -66,6 +68,67 @@ func isRead(fullMethod string) bool {
 	return strings.HasPrefix(name, "Get") && name != "GetJoinToken" || strings.HasPrefix(name, "List")
 }
 
+// OperatorTokenHeader carries an operator's token: from the CLI to any
+// daemon, and from a worker to the manager it forwards a control call to.
+const OperatorTokenHeader = "shoal-operator-token"
+
+func operatorToken(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(OperatorTokenHeader); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// operatorCheck lets a worker's certificate call the control API only with
+// the cluster's operator token: the worker is relaying an operator's call.
+// Without one, a worker is refused as if the policy named managers only.
+func (d *Daemon) operatorCheck(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if serviceOf(info.FullMethod) != shoalpb.Control_ServiceDesc.ServiceName {
+		return handler(ctx, req)
+	}
+	id, ok := ca.IdentityFromContext(ctx)
+	if !ok || id.Role == ca.RoleManager {
+		return handler(ctx, req)
+	}
+	m, err := d.manager()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if !nodeca.CheckOperatorToken(m.Store(), operatorToken(ctx)) {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s (%s) may not call %s: requires manager, or a valid operator token", id.NodeID, id.Role, info.FullMethod)
+	}
+	return handler(ctx, req)
+}
+
+// workerForward relays a control call made on a worker's socket to the
+// managers, with the operator's token; without a token it refuses.
+func (d *Daemon) workerForward(ctx context.Context, req any, info *grpc.UnaryServerInfo) (any, bool, error) {
+	d.mu.Lock()
+	conn, isWorker := d.workerConn, d.worker && d.mgr == nil
+	d.mu.Unlock()
+	if !isWorker || conn == nil || serviceOf(info.FullMethod) != shoalpb.Control_ServiceDesc.ServiceName {
+		return nil, false, nil
+	}
+	tok := operatorToken(ctx)
+	if tok == "" {
+		return nil, true, status.Error(codes.FailedPrecondition, errWorker.Error())
+	}
+	md, err := methodDescriptor(info.FullMethod)
+	if err != nil {
+		return nil, true, status.Error(codes.Internal, err.Error())
+	}
+	out, err := newMessage(md.Output())
+	if err != nil {
+		return nil, true, status.Error(codes.Internal, err.Error())
+	}
+	octx := metadata.AppendToOutgoingContext(ctx, OperatorTokenHeader, tok)
+	if err := conn.Invoke(octx, info.FullMethod, req, out); err != nil {
+		return nil, true, err
+	}
+	return out, true, nil
+}
+
 // leaderConn returns a connection to the leader when this host runs a
 // manager that is not the leader; (nil, nil) when the call is to be served
 // here.
@@ -115,6 +178,9 @@ func (d *Daemon) closeForwarding() {
 func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if !forwardedServices[serviceOf(info.FullMethod)] {
 		return handler(ctx, req)
+	}
+	if out, handled, err := d.workerForward(ctx, req, info); handled {
+		return out, err
 	}
 	conn, err := d.leaderConn()
 	if err != nil && isRead(info.FullMethod) && serviceOf(info.FullMethod) == shoalpb.Control_ServiceDesc.ServiceName {

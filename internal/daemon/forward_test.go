@@ -51,7 +51,7 @@ func TestClusterPolicyCoversEveryMethod(t *testing.T) {
 		desc  grpc.ServiceDesc
 		roles []ca.Role
 	}{
-		{shoalpb.Control_ServiceDesc, []ca.Role{ca.RoleManager}},
+		{shoalpb.Control_ServiceDesc, []ca.Role{ca.RoleManager, ca.RoleWorker}}, // workers need an operator token too
 		{shoalpb.Dispatcher_ServiceDesc, []ca.Role{ca.RoleWorker, ca.RoleManager}},
 		{shoalpb.NodeCA_ServiceDesc, []ca.Role{ca.RoleWorker, ca.RoleManager}},
 		{shoalpb.Raft_ServiceDesc, []ca.Role{ca.RoleManager}},

@@ -122,6 +122,14 @@ func (p *controlProxy) SetNodeRole(ctx context.Context, r *shoalpb.SetNodeRoleRe
 	return m.SetNodeRole(ctx, r)
 }
 
+func (p *controlProxy) GetOperatorToken(ctx context.Context, r *shoalpb.GetOperatorTokenRequest) (*shoalpb.GetOperatorTokenResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetOperatorToken(ctx, r)
+}
+
 func (p *controlProxy) GetJoinToken(ctx context.Context, r *shoalpb.GetJoinTokenRequest) (*shoalpb.GetJoinTokenResponse, error) {
 	c, err := p.control()
 	if err != nil {

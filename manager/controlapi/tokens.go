@@ -47,3 +47,22 @@ func (s *Server) GetJoinToken(ctx context.Context, req *shoalpb.GetJoinTokenRequ
 	resp.Token = tok
 	return resp, nil
 }
+
+// GetOperatorToken returns the operator token, rotating it first when
+// asked.
+func (s *Server) GetOperatorToken(ctx context.Context, req *shoalpb.GetOperatorTokenRequest) (*shoalpb.GetOperatorTokenResponse, error) {
+	if req.GetRotate() {
+		tok, err := nodeca.RotateOperatorToken(ctx, s.store)
+		if err != nil {
+			return nil, s.toStatus("rotate the operator token", err)
+		}
+		s.logger.Info("operator token rotated")
+		return &shoalpb.GetOperatorTokenResponse{Token: tok}, nil
+	}
+	var tok string
+	s.store.View(func(tx store.ReadTx) { tok = tx.GetCluster().GetSecurity().GetOperatorToken() })
+	if tok == "" {
+		return nil, status.Error(codes.FailedPrecondition, "the cluster has no operator token yet")
+	}
+	return &shoalpb.GetOperatorTokenResponse{Token: tok}, nil
+}

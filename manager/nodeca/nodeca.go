@@ -5,6 +5,9 @@ package nodeca
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -52,10 +55,55 @@ func NewSecurity(clusterID string, now time.Time) (*shoalpb.ClusterSecurity, err
 	if err != nil {
 		return nil, err
 	}
+	op, err := NewOperatorToken()
+	if err != nil {
+		return nil, err
+	}
 	return &shoalpb.ClusterSecurity{
 		CaCertPem: root.CertPEM(), CaKeyPem: root.KeyPEM(),
 		WorkerJoinToken: worker, ManagerJoinToken: manager,
+		OperatorToken: op,
 	}, nil
+}
+
+// operatorTokenPrefix marks operator tokens, so that one pasted where a
+// join token is expected (or the reverse) is refused as malformed.
+const operatorTokenPrefix = "SHOALOPS-1-"
+
+// NewOperatorToken returns a random operator token.
+func NewOperatorToken() (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate operator token: %w", err)
+	}
+	return operatorTokenPrefix + hex.EncodeToString(b[:]), nil
+}
+
+// CheckOperatorToken reports whether presented is the cluster's operator
+// token, in constant time.
+func CheckOperatorToken(s *store.Store, presented string) bool {
+	var want string
+	s.View(func(tx store.ReadTx) { want = tx.GetCluster().GetSecurity().GetOperatorToken() })
+	return want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(presented)) == 1
+}
+
+// RotateOperatorToken replaces the operator token and returns the new one.
+func RotateOperatorToken(ctx context.Context, s *store.Store) (string, error) {
+	tok, err := NewOperatorToken()
+	if err != nil {
+		return "", err
+	}
+	err = s.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
+		c := tx.GetCluster()
+		if c.GetSecurity() == nil {
+			return errors.New("the cluster has no security material yet")
+		}
+		c = proto.Clone(c).(*shoalpb.Cluster)
+		c.Security.OperatorToken = tok
+		b.UpdateCluster(c)
+		return nil
+	})
+	return tok, err
 }
 
 // RoleOf converts an API role to a certificate role.
