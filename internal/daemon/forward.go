@@ -191,10 +191,16 @@ func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServ
 	if err != nil {
 		return nil, err
 	}
+	controlRead := isRead(info.FullMethod) && serviceOf(info.FullMethod) == shoalpb.Control_ServiceDesc.ServiceName
 	if conn == nil {
-		if isRead(info.FullMethod) && serviceOf(info.FullMethod) == shoalpb.Control_ServiceDesc.ServiceName {
+		if controlRead {
 			d.confirmRead(ctx)
 		}
+		return handler(ctx, req)
+	}
+	if controlRead && d.followerRead(ctx) {
+		// ReadIndex through the leader confirmed this follower has applied
+		// every acknowledged write: answer here, linearizably.
 		return handler(ctx, req)
 	}
 	md, err := methodDescriptor(info.FullMethod)
@@ -280,4 +286,16 @@ func (d *Daemon) confirmRead(ctx context.Context) {
 	if err := m.ReadIndex(rctx); err != nil {
 		_ = grpc.SetHeader(ctx, metadata.Pairs(StaleHeader, "no quorum confirmed this read: this manager's state may miss the latest writes"))
 	}
+}
+
+// followerRead reports whether this follower may answer a read itself: its
+// ReadIndex (a round trip to the leader, no log write) returned.
+func (d *Daemon) followerRead(ctx context.Context) bool {
+	m, err := d.manager()
+	if err != nil {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, readIndexTimeout)
+	defer cancel()
+	return m.ReadIndex(rctx) == nil
 }
