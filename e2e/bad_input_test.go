@@ -37,6 +37,7 @@ func TestBadInput(t *testing.T) {
 		{"bad env", []string{"service", "create", "-d", "--env", "NOEQUALS", "shoal/testapp"}, "KEY=VALUE"},
 		{"bad name", []string{"service", "create", "-d", "--name", "-x", "shoal/testapp"}, "name"},
 		{"scale syntax", []string{"service", "scale", "web"}, "SERVICE=REPLICAS"},
+		{"bad constraint", []string{"service", "create", "-d", "--constraint", "zone=a", "shoal/testapp"}, "expected KEY==VALUE or KEY!=VALUE"},
 		{"unknown service", []string{"service", "ps", "nosuch"}, "no such service"},
 	}
 	for _, tc := range cases {

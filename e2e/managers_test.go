@@ -60,6 +60,19 @@ func TestManagersFailover(t *testing.T) {
 	}
 	before := ids(waitRunning(c, h1, "web", 5))
 
+	// A service created through a worker's socket (with the operator
+	// token) and constrained to workers runs on the workers only.
+	h4, h5 := c.Hosts[3], c.Hosts[4]
+	opTok := strings.TrimSpace(h1.MustShoal("cluster", "operator-token"))
+	h4.MustShoal("--token", opTok, "service", "create", "--name", "onworkers", "--replicas", "4", "--constraint", "node.role==worker", ref)
+	workers := map[string]bool{nodeID(t, h4): true, nodeID(t, h5): true}
+	for _, x := range waitRunning(c, h1, "onworkers", 4) {
+		if !workers[x.NodeID] {
+			t.Errorf("task %s of a workers-only service runs on node %s", x.ID, x.NodeID)
+		}
+	}
+	h1.MustShoal("service", "rm", "onworkers")
+
 	// kill -9 the leader: another manager takes writes again.
 	h1.Kill()
 	h2 := c.Hosts[1]

@@ -65,10 +65,52 @@ func TestPromoteDemote(t *testing.T) {
 	// leave one of two reachable: refused.
 	h1.MustShoal("node", "promote", nodeID(t, h4))
 	waitManagers("h4 promoted", 3, h1)
-	h3ID := nodeID(t, h3)
+	h3ID, h4ID := nodeID(t, h3), nodeID(t, h4)
 	h4.Kill()
+	// The leader's view of which managers are alive lags by up to an
+	// election timeout; wait until the cluster sees h4 down, as an operator
+	// would, before asking for a demotion.
+	c.Eventually(waitConverge, "h4 seen down", func() error {
+		out, err := h1.Shoal("node", "inspect", h4ID)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, "NODE_STATE_READY") {
+			return fmt.Errorf("h4 still ready")
+		}
+		return nil
+	})
 	_, err := h1.Shoal("node", "demote", h3ID)
 	if err == nil || !strings.Contains(err.Error(), "quorum") {
 		t.Errorf("demote with a manager down: %v, want a refusal naming the quorum", err)
 	}
+
+	// h4 comes back. A manager leaves only with --force; the remaining two
+	// keep their quorum, demote and remove it, and take writes.
+	h4.Start()
+	c.Eventually(waitConverge, "h4 ready again", func() error {
+		out, err := h1.Shoal("node", "inspect", h4ID)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "NODE_STATE_READY") {
+			return fmt.Errorf("h4 not ready yet")
+		}
+		return nil
+	})
+	if _, err := h3.Shoal("cluster", "leave"); err == nil || !strings.Contains(err.Error(), "demote it first") {
+		t.Errorf("leave on a manager: %v, want a refusal saying to demote it first", err)
+	}
+	h3.MustShoal("cluster", "leave", "--force")
+	c.Eventually(waitConverge, "h3 demoted and removed after leaving", func() error {
+		if _, err := h1.Shoal("node", "demote", h3ID); err != nil && !strings.Contains(err.Error(), "not a manager") {
+			return err
+		}
+		_, err := h1.Shoal("node", "rm", h3ID)
+		return err
+	})
+	if out := h1.MustShoal("node", "ls"); managerCount(out) != 2 {
+		t.Errorf("managers after h3 left:\n%s", out)
+	}
+	h1.MustShoal("service", "create", "-d", "--name", "alone", "--replicas", "0", "shoal/testapp:latest")
 }

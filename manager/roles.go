@@ -40,6 +40,9 @@ func (m *Manager) SetNodeRole(ctx context.Context, req *shoalpb.SetNodeRoleReque
 		if raftID == m.cfg.RaftID {
 			return nil, status.Errorf(codes.FailedPrecondition, "node %s is the leader: demote it once another manager leads (stop its shoald for a moment)", name)
 		}
+		if voters, alive := m.remainingManagers(n.GetId()); alive < voters/2+1 {
+			return nil, status.Errorf(codes.FailedPrecondition, "demoting %s would leave the managers without a quorum: %d of the %d remaining managers are up, %d needed; bring the others back first", name, alive, voters, voters/2+1)
+		}
 		if err := m.node.RemoveMember(ctx, raftID); err != nil {
 			if errors.Is(err, raft.ErrQuorumRisk) {
 				return nil, status.Errorf(codes.FailedPrecondition, "demoting %s would leave the managers without a quorum: bring the unreachable managers back first", name)
@@ -77,4 +80,24 @@ func (m *Manager) SetNodeRole(ctx context.Context, req *shoalpb.SetNodeRoleReque
 	}
 	m.logger.Info("node role changed", "node", n.GetId(), "role", req.GetRole())
 	return &shoalpb.SetNodeRoleResponse{Node: out.GetNode()}, nil
+}
+
+// remainingManagers counts the managers left after removing one, and how
+// many of them the cluster sees up (this one, and those with a live
+// session). Raft's own check (RecentActive) lags a dead manager by up to an
+// election timeout; a session ends the moment its daemon dies, so this
+// catches a demotion right after a manager died.
+func (m *Manager) remainingManagers(removed string) (voters, alive int) {
+	m.store.View(func(tx store.ReadTx) {
+		for _, n := range tx.ListNodes() {
+			if n.GetRole() != shoalpb.NodeRole_NODE_ROLE_MANAGER || n.GetId() == removed {
+				continue
+			}
+			voters++
+			if n.GetId() == m.cfg.NodeID || n.GetStatus().GetState() == shoalpb.NodeState_NODE_STATE_READY {
+				alive++
+			}
+		}
+	})
+	return voters, alive
 }

@@ -354,7 +354,10 @@ func (x *JoinClusterResponse) GetRole() NodeRole {
 }
 
 type LeaveClusterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Force lets a manager leave without being demoted first: the others
+	// must then demote and remove it.
+	Force         bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -387,6 +390,13 @@ func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use LeaveClusterRequest.ProtoReflect.Descriptor instead.
 func (*LeaveClusterRequest) Descriptor() ([]byte, []int) {
 	return file_local_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LeaveClusterRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type LeaveClusterResponse struct {
@@ -1230,8 +1240,9 @@ const file_local_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\tR\x05token\"V\n" +
 	"\x13JoinClusterResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12&\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"\x15\n" +
-	"\x13LeaveClusterRequest\"0\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\"+\n" +
+	"\x13LeaveClusterRequest\x12\x14\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\"0\n" +
 	"\x14LeaveClusterResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x01(\x03R\aremoved\"\x19\n" +
 	"\x17RenewCertificateRequest\"\x94\x01\n" +

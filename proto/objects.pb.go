@@ -361,7 +361,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18, 0}
+	return file_objects_proto_rawDescGZIP(), []int{19, 0}
 }
 
 // Meta is carried by every stored object.
@@ -1112,11 +1112,61 @@ func (*GlobalService) Descriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{10}
 }
 
+// Placement says where a service's tasks may run.
+type Placement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Constraints are "KEY==VALUE" or "KEY!=VALUE", all of which a node must
+	// meet. KEY is node.id, node.hostname, node.role, node.ip,
+	// node.platform.os, node.platform.arch, node.labels.NAME or
+	// engine.labels.NAME.
+	Constraints   []string `protobuf:"bytes,1,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_objects_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Placement) GetConstraints() []string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
 type ServiceSpec struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Labels    map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Container *ContainerSpec         `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	Placement *Placement             `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
 	// Types that are valid to be assigned to Mode:
 	//
 	//	*ServiceSpec_Replicated
@@ -1128,7 +1178,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1190,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1203,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{11}
+	return file_objects_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -1173,6 +1223,13 @@ func (x *ServiceSpec) GetLabels() map[string]string {
 func (x *ServiceSpec) GetContainer() *ContainerSpec {
 	if x != nil {
 		return x.Container
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetPlacement() *Placement {
+	if x != nil {
+		return x.Placement
 	}
 	return nil
 }
@@ -1229,7 +1286,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1298,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1311,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Service) GetId() string {
@@ -1299,7 +1356,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1368,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1381,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TaskStatus) GetTimestamp() *timestamppb.Timestamp {
@@ -1411,7 +1468,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1480,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1493,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Task) GetId() string {
@@ -1520,7 +1577,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1589,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1602,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -1579,7 +1636,7 @@ type ClusterSecurity struct {
 
 func (x *ClusterSecurity) Reset() {
 	*x = ClusterSecurity{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1648,7 @@ func (x *ClusterSecurity) String() string {
 func (*ClusterSecurity) ProtoMessage() {}
 
 func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1661,7 @@ func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSecurity.ProtoReflect.Descriptor instead.
 func (*ClusterSecurity) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClusterSecurity) GetCaCertPem() []byte {
@@ -1654,7 +1711,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1723,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1736,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Cluster) GetId() string {
@@ -1730,7 +1787,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1799,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1812,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -1853,7 +1910,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1922,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +1935,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -1901,7 +1958,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +1970,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +1983,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2028,11 +2085,14 @@ const file_objects_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +
-	"\rGlobalService\"\xc8\x02\n" +
+	"\rGlobalService\"-\n" +
+	"\tPlacement\x12 \n" +
+	"\vconstraints\x18\x01 \x03(\tR\vconstraints\"\xfb\x02\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\x06labels\x18\x02 \x03(\v2!.shoal.v1.ServiceSpec.LabelsEntryR\x06labels\x125\n" +
-	"\tcontainer\x18\x03 \x01(\v2\x17.shoal.v1.ContainerSpecR\tcontainer\x12=\n" +
+	"\tcontainer\x18\x03 \x01(\v2\x17.shoal.v1.ContainerSpecR\tcontainer\x121\n" +
+	"\tplacement\x18\x04 \x01(\v2\x13.shoal.v1.PlacementR\tplacement\x12=\n" +
 	"\n" +
 	"replicated\x18\n" +
 	" \x01(\v2\x1b.shoal.v1.ReplicatedServiceH\x00R\n" +
@@ -2154,7 +2214,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                 // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),         // 1: shoal.v1.NodeAvailability
@@ -2173,73 +2233,75 @@ var file_objects_proto_goTypes = []any{
 	(*ContainerSpec)(nil),         // 14: shoal.v1.ContainerSpec
 	(*ReplicatedService)(nil),     // 15: shoal.v1.ReplicatedService
 	(*GlobalService)(nil),         // 16: shoal.v1.GlobalService
-	(*ServiceSpec)(nil),           // 17: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 18: shoal.v1.Service
-	(*TaskStatus)(nil),            // 19: shoal.v1.TaskStatus
-	(*Task)(nil),                  // 20: shoal.v1.Task
-	(*ClusterSpec)(nil),           // 21: shoal.v1.ClusterSpec
-	(*ClusterSecurity)(nil),       // 22: shoal.v1.ClusterSecurity
-	(*Cluster)(nil),               // 23: shoal.v1.Cluster
-	(*StoreAction)(nil),           // 24: shoal.v1.StoreAction
-	(*StoreRequest)(nil),          // 25: shoal.v1.StoreRequest
-	(*StoreSnapshot)(nil),         // 26: shoal.v1.StoreSnapshot
-	nil,                           // 27: shoal.v1.NodeSpec.LabelsEntry
-	nil,                           // 28: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                           // 29: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                           // 30: shoal.v1.ServiceSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*Placement)(nil),             // 17: shoal.v1.Placement
+	(*ServiceSpec)(nil),           // 18: shoal.v1.ServiceSpec
+	(*Service)(nil),               // 19: shoal.v1.Service
+	(*TaskStatus)(nil),            // 20: shoal.v1.TaskStatus
+	(*Task)(nil),                  // 21: shoal.v1.Task
+	(*ClusterSpec)(nil),           // 22: shoal.v1.ClusterSpec
+	(*ClusterSecurity)(nil),       // 23: shoal.v1.ClusterSecurity
+	(*Cluster)(nil),               // 24: shoal.v1.Cluster
+	(*StoreAction)(nil),           // 25: shoal.v1.StoreAction
+	(*StoreRequest)(nil),          // 26: shoal.v1.StoreRequest
+	(*StoreSnapshot)(nil),         // 27: shoal.v1.StoreSnapshot
+	nil,                           // 28: shoal.v1.NodeSpec.LabelsEntry
+	nil,                           // 29: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                           // 30: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                           // 31: shoal.v1.ServiceSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
 }
 var file_objects_proto_depIdxs = []int32{
-	31, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
-	31, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
+	32, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
+	32, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
-	27, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
+	28, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
 	8,  // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
 	9,  // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	28, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	29, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	31, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	32, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
 	6,  // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
 	7,  // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
 	10, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
 	11, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
 	12, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	29, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	32, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
-	30, // 18: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
+	30, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	33, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	31, // 18: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
 	14, // 19: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
-	15, // 20: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	16, // 21: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	6,  // 22: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	17, // 23: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	31, // 24: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 25: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	4,  // 26: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	6,  // 27: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	17, // 28: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
-	3,  // 29: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	19, // 30: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	6,  // 31: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	21, // 32: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	22, // 33: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
-	5,  // 34: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
-	13, // 35: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
-	18, // 36: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
-	20, // 37: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
-	23, // 38: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
-	24, // 39: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
-	13, // 40: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
-	18, // 41: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
-	20, // 42: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
-	23, // 43: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	17, // 20: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
+	15, // 21: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	16, // 22: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	6,  // 23: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	18, // 24: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	32, // 25: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
+	3,  // 26: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	4,  // 27: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	6,  // 28: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	18, // 29: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
+	3,  // 30: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	20, // 31: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	6,  // 32: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	22, // 33: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	23, // 34: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
+	5,  // 35: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
+	13, // 36: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
+	19, // 37: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
+	21, // 38: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
+	24, // 39: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
+	25, // 40: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
+	13, // 41: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
+	19, // 42: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
+	21, // 43: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
+	24, // 44: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2247,11 +2309,11 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[11].OneofWrappers = []any{
+	file_objects_proto_msgTypes[12].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[18].OneofWrappers = []any{
+	file_objects_proto_msgTypes[19].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2263,7 +2325,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

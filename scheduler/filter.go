@@ -34,15 +34,19 @@ func DefaultFilters() []Filter {
 		&ReadyFilter{},
 		&DrainFilter{},
 		&PauseFilter{},
+		&ConstraintFilter{},
 	}
 }
 
 // plural formats "1 node <what>" / "N nodes <what>".
-func plural(n int, what string) string {
+func plural(n int, what string) string { return nodeCount(n) + " " + what }
+
+// nodeCount formats "1 node" / "N nodes".
+func nodeCount(n int) string {
 	if n == 1 {
-		return fmt.Sprintf("1 node %s", what)
+		return "1 node"
 	}
-	return fmt.Sprintf("%d nodes %s", n, what)
+	return fmt.Sprintf("%d nodes", n)
 }
 
 // ReadyFilter keeps nodes whose agent is connected (status READY).

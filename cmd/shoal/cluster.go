@@ -252,22 +252,29 @@ certificates reconnect; lost managers are removed with 'shoal node rm'.`,
 }
 
 func newClusterLeaveCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "leave",
-		Short: "Take this worker out of its cluster",
-		Long: `Take this host, a worker, out of its cluster: its agent stops, every
-container it runs is removed, and its certificates are forgotten. The
-managers then see the node down; remove it there with 'shoal node rm'. The
-host can join again with a token.`,
-		Example: `  shoal cluster leave`,
-		Args:    noArgs,
+	var force bool
+	c := &cobra.Command{
+		Use:   "leave [--force]",
+		Short: "Take this node out of its cluster",
+		Long: `Take this host out of its cluster: its agent stops, every container it runs
+is removed, and its certificates are forgotten. The managers then see the
+node down; remove it there with 'shoal node rm'. The host can join again
+with a token.
+
+A manager should be demoted first ('shoal node demote'). With --force it
+leaves anyway (its Raft state is moved aside, not deleted); the other
+managers must then demote and remove it, or they keep counting it towards
+their quorum.`,
+		Example: `  shoal cluster leave
+  shoal cluster leave --force     # on a manager`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			d, err := a.daemon(ctx)
 			if err != nil {
 				return err
 			}
-			resp, err := d.local.LeaveCluster(ctx, &shoalpb.LeaveClusterRequest{})
+			resp, err := d.local.LeaveCluster(ctx, &shoalpb.LeaveClusterRequest{Force: force})
 			if err != nil {
 				return fmt.Errorf("leave: %w", err)
 			}
@@ -275,6 +282,8 @@ host can join again with a token.`,
 			return nil
 		},
 	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "leave even as a manager")
+	return c
 }
 
 func newClusterOperatorTokenCmd(a *app) *cobra.Command {

@@ -43,6 +43,7 @@ type createOptions struct {
 	mode            string
 	env             []string
 	labels          []string
+	constraints     []string
 	entrypoint      string
 	workdir         string
 	user            string
@@ -105,6 +106,7 @@ not converged within --timeout. The service ID is printed last, on stdout.`,
 	f.StringVar(&o.mode, "mode", modeReplicated, "replicated (--replicas tasks) or global (one task per node)")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "service label KEY=VALUE (repeatable)")
+	f.StringArrayVar(&o.constraints, "constraint", nil, "placement constraint, e.g. node.role==worker or node.labels.zone!=b (repeatable; all must hold)")
 	f.StringVar(&o.entrypoint, "entrypoint", "", "replace the image's ENTRYPOINT (split on whitespace)")
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory in the container")
 	f.StringVarP(&o.user, "user", "u", "", "user[:group] the container runs as")
@@ -154,6 +156,9 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 	spec.Container.Env = env
 	if spec.Labels, err = parseKeyValues("--label", o.labels); err != nil {
 		return nil, err
+	}
+	if len(o.constraints) > 0 {
+		spec.Placement = &shoalpb.Placement{Constraints: o.constraints}
 	}
 	if o.stopSignal != "" {
 		sig, err := parseSignal(o.stopSignal)

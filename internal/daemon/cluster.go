@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/shoal-project/shoal/internal/ca"
 	shoalpb "github.com/shoal-project/shoal/proto"
@@ -302,19 +303,27 @@ func (d *Daemon) hasAdvertiseAddr() bool {
 // container of this host is removed, and the certificates and the list of
 // managers are forgotten. The managers see the node go down; remove it there
 // with `shoal node rm`. A manager must be demoted first.
-func (l *localServer) LeaveCluster(ctx context.Context, _ *shoalpb.LeaveClusterRequest) (*shoalpb.LeaveClusterResponse, error) {
+func (l *localServer) LeaveCluster(ctx context.Context, req *shoalpb.LeaveClusterRequest) (*shoalpb.LeaveClusterResponse, error) {
 	d := l.d
 	d.mu.Lock()
 	isManager, isWorker := d.mgr != nil, d.worker
 	d.mu.Unlock()
 	switch {
-	case isManager:
-		return nil, status.Error(codes.FailedPrecondition, "this node is a manager: demote it first (`shoal node demote` on a manager), then leave")
-	case !isWorker:
+	case isManager && !req.GetForce():
+		return nil, status.Error(codes.FailedPrecondition, "this node is a manager: demote it first (`shoal node demote` on a manager), then leave; or leave anyway with --force and demote it on the other managers afterwards")
+	case !isManager && !isWorker:
 		return nil, status.Error(codes.FailedPrecondition, "this node is not part of a cluster")
 	}
 	d.stopAgent()
 	d.stopRenewer()
+	if isManager {
+		d.stopListener()
+		d.stopManager()
+		raftDir := filepath.Join(d.cfg.DataDir, "raft")
+		if err := os.Rename(raftDir, fmt.Sprintf("%s.left-%d", raftDir, time.Now().Unix())); err != nil {
+			return nil, status.Errorf(codes.Internal, "move the Raft state aside: %v", err)
+		}
+	}
 	exec := d.executor()
 	ids, err := exec.List(ctx)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
+	"github.com/shoal-project/shoal/scheduler"
 )
 
 // serviceNamePattern is what a service name must match: it becomes a DNS
@@ -50,6 +51,11 @@ func normalizeSpec(spec *shoalpb.ServiceSpec) error {
 	for k := range spec.GetLabels() {
 		if k == "" {
 			return invalid("labels", "label keys must not be empty")
+		}
+	}
+	for _, c := range spec.GetPlacement().GetConstraints() {
+		if _, err := scheduler.ParseConstraint(c); err != nil {
+			return invalid("placement", "%v", err)
 		}
 	}
 	c := spec.GetContainer()
