@@ -312,6 +312,147 @@ func (HealthState) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{4}
 }
 
+type RestartPolicy_Condition int32
+
+const (
+	RestartPolicy_CONDITION_ANY        RestartPolicy_Condition = 0 // always (the default)
+	RestartPolicy_CONDITION_ON_FAILURE RestartPolicy_Condition = 1 // when it exited non-zero or could not start
+	RestartPolicy_CONDITION_NONE       RestartPolicy_Condition = 2 // never
+)
+
+// Enum value maps for RestartPolicy_Condition.
+var (
+	RestartPolicy_Condition_name = map[int32]string{
+		0: "CONDITION_ANY",
+		1: "CONDITION_ON_FAILURE",
+		2: "CONDITION_NONE",
+	}
+	RestartPolicy_Condition_value = map[string]int32{
+		"CONDITION_ANY":        0,
+		"CONDITION_ON_FAILURE": 1,
+		"CONDITION_NONE":       2,
+	}
+)
+
+func (x RestartPolicy_Condition) Enum() *RestartPolicy_Condition {
+	p := new(RestartPolicy_Condition)
+	*p = x
+	return p
+}
+
+func (x RestartPolicy_Condition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RestartPolicy_Condition) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[5].Descriptor()
+}
+
+func (RestartPolicy_Condition) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[5]
+}
+
+func (x RestartPolicy_Condition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RestartPolicy_Condition.Descriptor instead.
+func (RestartPolicy_Condition) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{10, 0}
+}
+
+type PortConfig_Protocol int32
+
+const (
+	PortConfig_PROTOCOL_TCP PortConfig_Protocol = 0
+	PortConfig_PROTOCOL_UDP PortConfig_Protocol = 1
+)
+
+// Enum value maps for PortConfig_Protocol.
+var (
+	PortConfig_Protocol_name = map[int32]string{
+		0: "PROTOCOL_TCP",
+		1: "PROTOCOL_UDP",
+	}
+	PortConfig_Protocol_value = map[string]int32{
+		"PROTOCOL_TCP": 0,
+		"PROTOCOL_UDP": 1,
+	}
+)
+
+func (x PortConfig_Protocol) Enum() *PortConfig_Protocol {
+	p := new(PortConfig_Protocol)
+	*p = x
+	return p
+}
+
+func (x PortConfig_Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PortConfig_Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[6].Descriptor()
+}
+
+func (PortConfig_Protocol) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[6]
+}
+
+func (x PortConfig_Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PortConfig_Protocol.Descriptor instead.
+func (PortConfig_Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{11, 0}
+}
+
+type PortConfig_PublishMode int32
+
+const (
+	PortConfig_PUBLISH_MODE_INGRESS PortConfig_PublishMode = 0 // on every node, through the routing mesh
+	PortConfig_PUBLISH_MODE_HOST    PortConfig_PublishMode = 1 // on the node running the task only
+)
+
+// Enum value maps for PortConfig_PublishMode.
+var (
+	PortConfig_PublishMode_name = map[int32]string{
+		0: "PUBLISH_MODE_INGRESS",
+		1: "PUBLISH_MODE_HOST",
+	}
+	PortConfig_PublishMode_value = map[string]int32{
+		"PUBLISH_MODE_INGRESS": 0,
+		"PUBLISH_MODE_HOST":    1,
+	}
+)
+
+func (x PortConfig_PublishMode) Enum() *PortConfig_PublishMode {
+	p := new(PortConfig_PublishMode)
+	*p = x
+	return p
+}
+
+func (x PortConfig_PublishMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PortConfig_PublishMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[7].Descriptor()
+}
+
+func (PortConfig_PublishMode) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[7]
+}
+
+func (x PortConfig_PublishMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PortConfig_PublishMode.Descriptor instead.
+func (PortConfig_PublishMode) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{11, 1}
+}
+
 type StoreAction_Kind int32
 
 const (
@@ -348,11 +489,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[5].Descriptor()
+	return file_objects_proto_enumTypes[8].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[5]
+	return &file_objects_proto_enumTypes[8]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -361,7 +502,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19, 0}
+	return file_objects_proto_rawDescGZIP(), []int{24, 0}
 }
 
 // Meta is carried by every stored object.
@@ -928,8 +1069,11 @@ type ContainerSpec struct {
 	StopSignal string `protobuf:"bytes,9,opt,name=stop_signal,json=stopSignal,proto3" json:"stop_signal,omitempty"`
 	// StopGracePeriod is how long to wait after StopSignal before SIGKILL.
 	StopGracePeriod *durationpb.Duration `protobuf:"bytes,10,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Resources holds what the scheduler reserves for each task and the
+	// limits the container's cgroup enforces.
+	Resources     *ResourceRequirements `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerSpec) Reset() {
@@ -1032,6 +1176,264 @@ func (x *ContainerSpec) GetStopGracePeriod() *durationpb.Duration {
 	return nil
 }
 
+func (x *ContainerSpec) GetResources() *ResourceRequirements {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// ResourceRequirements are a task's reservations (what the scheduler sets
+// aside on its node) and limits (what its cgroup enforces). Zero means
+// none.
+type ResourceRequirements struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Limits       *Resources             `protobuf:"bytes,1,opt,name=limits,proto3" json:"limits,omitempty"`
+	Reservations *Resources             `protobuf:"bytes,2,opt,name=reservations,proto3" json:"reservations,omitempty"`
+	// PidsLimit caps the processes and threads of the container.
+	PidsLimit     int64 `protobuf:"varint,3,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceRequirements) Reset() {
+	*x = ResourceRequirements{}
+	mi := &file_objects_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceRequirements) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceRequirements) ProtoMessage() {}
+
+func (x *ResourceRequirements) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceRequirements.ProtoReflect.Descriptor instead.
+func (*ResourceRequirements) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResourceRequirements) GetLimits() *Resources {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *ResourceRequirements) GetReservations() *Resources {
+	if x != nil {
+		return x.Reservations
+	}
+	return nil
+}
+
+func (x *ResourceRequirements) GetPidsLimit() int64 {
+	if x != nil {
+		return x.PidsLimit
+	}
+	return 0
+}
+
+// RestartPolicy says when a finished task of a service is replaced.
+type RestartPolicy struct {
+	state     protoimpl.MessageState  `protogen:"open.v1"`
+	Condition RestartPolicy_Condition `protobuf:"varint,1,opt,name=condition,proto3,enum=shoal.v1.RestartPolicy_Condition" json:"condition,omitempty"`
+	// Delay is how long to wait before the replacement; unset means
+	// Shoal's default (at once, then backing off while failures repeat).
+	Delay *durationpb.Duration `protobuf:"bytes,2,opt,name=delay,proto3" json:"delay,omitempty"`
+	// MaxAttempts bounds the restarts of a slot within Window (all time when
+	// Window is unset); 0 means no bound.
+	MaxAttempts   uint64               `protobuf:"varint,3,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	Window        *durationpb.Duration `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartPolicy) Reset() {
+	*x = RestartPolicy{}
+	mi := &file_objects_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartPolicy) ProtoMessage() {}
+
+func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
+func (*RestartPolicy) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RestartPolicy) GetCondition() RestartPolicy_Condition {
+	if x != nil {
+		return x.Condition
+	}
+	return RestartPolicy_CONDITION_ANY
+}
+
+func (x *RestartPolicy) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *RestartPolicy) GetMaxAttempts() uint64 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *RestartPolicy) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// PortConfig publishes a container port.
+type PortConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Protocol      PortConfig_Protocol    `protobuf:"varint,1,opt,name=protocol,proto3,enum=shoal.v1.PortConfig_Protocol" json:"protocol,omitempty"`
+	TargetPort    uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	PublishedPort uint32                 `protobuf:"varint,3,opt,name=published_port,json=publishedPort,proto3" json:"published_port,omitempty"`
+	PublishMode   PortConfig_PublishMode `protobuf:"varint,4,opt,name=publish_mode,json=publishMode,proto3,enum=shoal.v1.PortConfig_PublishMode" json:"publish_mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortConfig) Reset() {
+	*x = PortConfig{}
+	mi := &file_objects_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortConfig) ProtoMessage() {}
+
+func (x *PortConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
+func (*PortConfig) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PortConfig) GetProtocol() PortConfig_Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return PortConfig_PROTOCOL_TCP
+}
+
+func (x *PortConfig) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *PortConfig) GetPublishedPort() uint32 {
+	if x != nil {
+		return x.PublishedPort
+	}
+	return 0
+}
+
+func (x *PortConfig) GetPublishMode() PortConfig_PublishMode {
+	if x != nil {
+		return x.PublishMode
+	}
+	return PortConfig_PUBLISH_MODE_INGRESS
+}
+
+// EndpointSpec says how a service is reached.
+type EndpointSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ports         []*PortConfig          `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointSpec) Reset() {
+	*x = EndpointSpec{}
+	mi := &file_objects_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointSpec) ProtoMessage() {}
+
+func (x *EndpointSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointSpec.ProtoReflect.Descriptor instead.
+func (*EndpointSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EndpointSpec) GetPorts() []*PortConfig {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
 type ReplicatedService struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replicas      uint64                 `protobuf:"varint,1,opt,name=replicas,proto3" json:"replicas,omitempty"`
@@ -1041,7 +1443,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1455,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[9]
+	mi := &file_objects_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1468,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{9}
+	return file_objects_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1084,7 +1486,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1498,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[10]
+	mi := &file_objects_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1511,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{10}
+	return file_objects_proto_rawDescGZIP(), []int{14}
 }
 
 // Placement says where a service's tasks may run.
@@ -1119,14 +1521,19 @@ type Placement struct {
 	// meet. KEY is node.id, node.hostname, node.role, node.ip,
 	// node.platform.os, node.platform.arch, node.labels.NAME or
 	// engine.labels.NAME.
-	Constraints   []string `protobuf:"bytes,1,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	Constraints []string `protobuf:"bytes,1,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	// Preferences rank the nodes that pass the constraints, in order: each
+	// spreads the tasks evenly over the values of a node label.
+	Preferences []*PlacementPreference `protobuf:"bytes,2,rep,name=preferences,proto3" json:"preferences,omitempty"`
+	// MaxReplicas caps the tasks of the service on one node; 0 means no cap.
+	MaxReplicas   uint64 `protobuf:"varint,3,opt,name=max_replicas,json=maxReplicas,proto3" json:"max_replicas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1545,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[11]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1558,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{11}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -1161,12 +1568,74 @@ func (x *Placement) GetConstraints() []string {
 	return nil
 }
 
+func (x *Placement) GetPreferences() []*PlacementPreference {
+	if x != nil {
+		return x.Preferences
+	}
+	return nil
+}
+
+func (x *Placement) GetMaxReplicas() uint64 {
+	if x != nil {
+		return x.MaxReplicas
+	}
+	return 0
+}
+
+type PlacementPreference struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Spread is a label key, node.labels.NAME or engine.labels.NAME; nodes
+	// without the label count as one more value.
+	Spread        string `protobuf:"bytes,1,opt,name=spread,proto3" json:"spread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementPreference) Reset() {
+	*x = PlacementPreference{}
+	mi := &file_objects_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementPreference) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementPreference) ProtoMessage() {}
+
+func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementPreference.ProtoReflect.Descriptor instead.
+func (*PlacementPreference) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PlacementPreference) GetSpread() string {
+	if x != nil {
+		return x.Spread
+	}
+	return ""
+}
+
 type ServiceSpec struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Labels    map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Container *ContainerSpec         `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
-	Placement *Placement             `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Container     *ContainerSpec         `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	Placement     *Placement             `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	RestartPolicy *RestartPolicy         `protobuf:"bytes,5,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	Endpoint      *EndpointSpec          `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// Types that are valid to be assigned to Mode:
 	//
 	//	*ServiceSpec_Replicated
@@ -1178,7 +1647,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1659,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1672,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -1230,6 +1699,20 @@ func (x *ServiceSpec) GetContainer() *ContainerSpec {
 func (x *ServiceSpec) GetPlacement() *Placement {
 	if x != nil {
 		return x.Placement
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetEndpoint() *EndpointSpec {
+	if x != nil {
+		return x.Endpoint
 	}
 	return nil
 }
@@ -1286,7 +1769,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1781,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1794,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Service) GetId() string {
@@ -1356,7 +1839,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1851,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1864,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaskStatus) GetTimestamp() *timestamppb.Timestamp {
@@ -1468,7 +1951,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1963,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1976,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Task) GetId() string {
@@ -1577,7 +2060,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +2072,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +2085,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -1636,7 +2119,7 @@ type ClusterSecurity struct {
 
 func (x *ClusterSecurity) Reset() {
 	*x = ClusterSecurity{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +2131,7 @@ func (x *ClusterSecurity) String() string {
 func (*ClusterSecurity) ProtoMessage() {}
 
 func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +2144,7 @@ func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSecurity.ProtoReflect.Descriptor instead.
 func (*ClusterSecurity) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ClusterSecurity) GetCaCertPem() []byte {
@@ -1711,7 +2194,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2206,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2219,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Cluster) GetId() string {
@@ -1787,7 +2270,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2282,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2295,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -1910,7 +2393,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2405,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2418,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -1958,7 +2441,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2453,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2466,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2066,7 +2549,7 @@ const file_objects_proto_rawDesc = "" +
 	"\vdescription\x18\x04 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\x12,\n" +
 	"\x06status\x18\x05 \x01(\v2\x14.shoal.v1.NodeStatusR\x06status\x12&\n" +
 	"\x04role\x18\x06 \x01(\x0e2\x12.shoal.v1.NodeRoleR\x04role\x12>\n" +
-	"\x0emanager_status\x18\a \x01(\v2\x17.shoal.v1.ManagerStatusR\rmanagerStatus\"\x87\x03\n" +
+	"\x0emanager_status\x18\a \x01(\v2\x17.shoal.v1.ManagerStatusR\rmanagerStatus\"\xc5\x03\n" +
 	"\rContainerSpec\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -2079,20 +2562,56 @@ const file_objects_proto_rawDesc = "" +
 	"\vstop_signal\x18\t \x01(\tR\n" +
 	"stopSignal\x12E\n" +
 	"\x11stop_grace_period\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x0fstopGracePeriod\x1a9\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x0fstopGracePeriod\x12<\n" +
+	"\tresources\x18\v \x01(\v2\x1e.shoal.v1.ResourceRequirementsR\tresources\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9b\x01\n" +
+	"\x14ResourceRequirements\x12+\n" +
+	"\x06limits\x18\x01 \x01(\v2\x13.shoal.v1.ResourcesR\x06limits\x127\n" +
+	"\freservations\x18\x02 \x01(\v2\x13.shoal.v1.ResourcesR\freservations\x12\x1d\n" +
+	"\n" +
+	"pids_limit\x18\x03 \x01(\x03R\tpidsLimit\"\xa5\x02\n" +
+	"\rRestartPolicy\x12?\n" +
+	"\tcondition\x18\x01 \x01(\x0e2!.shoal.v1.RestartPolicy.ConditionR\tcondition\x12/\n" +
+	"\x05delay\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12!\n" +
+	"\fmax_attempts\x18\x03 \x01(\x04R\vmaxAttempts\x121\n" +
+	"\x06window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x06window\"L\n" +
+	"\tCondition\x12\x11\n" +
+	"\rCONDITION_ANY\x10\x00\x12\x18\n" +
+	"\x14CONDITION_ON_FAILURE\x10\x01\x12\x12\n" +
+	"\x0eCONDITION_NONE\x10\x02\"\xc4\x02\n" +
+	"\n" +
+	"PortConfig\x129\n" +
+	"\bprotocol\x18\x01 \x01(\x0e2\x1d.shoal.v1.PortConfig.ProtocolR\bprotocol\x12\x1f\n" +
+	"\vtarget_port\x18\x02 \x01(\rR\n" +
+	"targetPort\x12%\n" +
+	"\x0epublished_port\x18\x03 \x01(\rR\rpublishedPort\x12C\n" +
+	"\fpublish_mode\x18\x04 \x01(\x0e2 .shoal.v1.PortConfig.PublishModeR\vpublishMode\".\n" +
+	"\bProtocol\x12\x10\n" +
+	"\fPROTOCOL_TCP\x10\x00\x12\x10\n" +
+	"\fPROTOCOL_UDP\x10\x01\">\n" +
+	"\vPublishMode\x12\x18\n" +
+	"\x14PUBLISH_MODE_INGRESS\x10\x00\x12\x15\n" +
+	"\x11PUBLISH_MODE_HOST\x10\x01\":\n" +
+	"\fEndpointSpec\x12*\n" +
+	"\x05ports\x18\x01 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +
-	"\rGlobalService\"-\n" +
+	"\rGlobalService\"\x91\x01\n" +
 	"\tPlacement\x12 \n" +
-	"\vconstraints\x18\x01 \x03(\tR\vconstraints\"\xfb\x02\n" +
+	"\vconstraints\x18\x01 \x03(\tR\vconstraints\x12?\n" +
+	"\vpreferences\x18\x02 \x03(\v2\x1d.shoal.v1.PlacementPreferenceR\vpreferences\x12!\n" +
+	"\fmax_replicas\x18\x03 \x01(\x04R\vmaxReplicas\"-\n" +
+	"\x13PlacementPreference\x12\x16\n" +
+	"\x06spread\x18\x01 \x01(\tR\x06spread\"\xef\x03\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\x06labels\x18\x02 \x03(\v2!.shoal.v1.ServiceSpec.LabelsEntryR\x06labels\x125\n" +
 	"\tcontainer\x18\x03 \x01(\v2\x17.shoal.v1.ContainerSpecR\tcontainer\x121\n" +
-	"\tplacement\x18\x04 \x01(\v2\x13.shoal.v1.PlacementR\tplacement\x12=\n" +
+	"\tplacement\x18\x04 \x01(\v2\x13.shoal.v1.PlacementR\tplacement\x12>\n" +
+	"\x0erestart_policy\x18\x05 \x01(\v2\x17.shoal.v1.RestartPolicyR\rrestartPolicy\x122\n" +
+	"\bendpoint\x18\x06 \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpoint\x12=\n" +
 	"\n" +
 	"replicated\x18\n" +
 	" \x01(\v2\x1b.shoal.v1.ReplicatedServiceH\x00R\n" +
@@ -2213,95 +2732,115 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                 // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),         // 1: shoal.v1.NodeAvailability
 	(NodeState)(0),                // 2: shoal.v1.NodeState
 	(TaskState)(0),                // 3: shoal.v1.TaskState
 	(HealthState)(0),              // 4: shoal.v1.HealthState
-	(StoreAction_Kind)(0),         // 5: shoal.v1.StoreAction.Kind
-	(*Meta)(nil),                  // 6: shoal.v1.Meta
-	(*NodeSpec)(nil),              // 7: shoal.v1.NodeSpec
-	(*Platform)(nil),              // 8: shoal.v1.Platform
-	(*Resources)(nil),             // 9: shoal.v1.Resources
-	(*NodeDescription)(nil),       // 10: shoal.v1.NodeDescription
-	(*NodeStatus)(nil),            // 11: shoal.v1.NodeStatus
-	(*ManagerStatus)(nil),         // 12: shoal.v1.ManagerStatus
-	(*Node)(nil),                  // 13: shoal.v1.Node
-	(*ContainerSpec)(nil),         // 14: shoal.v1.ContainerSpec
-	(*ReplicatedService)(nil),     // 15: shoal.v1.ReplicatedService
-	(*GlobalService)(nil),         // 16: shoal.v1.GlobalService
-	(*Placement)(nil),             // 17: shoal.v1.Placement
-	(*ServiceSpec)(nil),           // 18: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 19: shoal.v1.Service
-	(*TaskStatus)(nil),            // 20: shoal.v1.TaskStatus
-	(*Task)(nil),                  // 21: shoal.v1.Task
-	(*ClusterSpec)(nil),           // 22: shoal.v1.ClusterSpec
-	(*ClusterSecurity)(nil),       // 23: shoal.v1.ClusterSecurity
-	(*Cluster)(nil),               // 24: shoal.v1.Cluster
-	(*StoreAction)(nil),           // 25: shoal.v1.StoreAction
-	(*StoreRequest)(nil),          // 26: shoal.v1.StoreRequest
-	(*StoreSnapshot)(nil),         // 27: shoal.v1.StoreSnapshot
-	nil,                           // 28: shoal.v1.NodeSpec.LabelsEntry
-	nil,                           // 29: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                           // 30: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                           // 31: shoal.v1.ServiceSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(RestartPolicy_Condition)(0),  // 5: shoal.v1.RestartPolicy.Condition
+	(PortConfig_Protocol)(0),      // 6: shoal.v1.PortConfig.Protocol
+	(PortConfig_PublishMode)(0),   // 7: shoal.v1.PortConfig.PublishMode
+	(StoreAction_Kind)(0),         // 8: shoal.v1.StoreAction.Kind
+	(*Meta)(nil),                  // 9: shoal.v1.Meta
+	(*NodeSpec)(nil),              // 10: shoal.v1.NodeSpec
+	(*Platform)(nil),              // 11: shoal.v1.Platform
+	(*Resources)(nil),             // 12: shoal.v1.Resources
+	(*NodeDescription)(nil),       // 13: shoal.v1.NodeDescription
+	(*NodeStatus)(nil),            // 14: shoal.v1.NodeStatus
+	(*ManagerStatus)(nil),         // 15: shoal.v1.ManagerStatus
+	(*Node)(nil),                  // 16: shoal.v1.Node
+	(*ContainerSpec)(nil),         // 17: shoal.v1.ContainerSpec
+	(*ResourceRequirements)(nil),  // 18: shoal.v1.ResourceRequirements
+	(*RestartPolicy)(nil),         // 19: shoal.v1.RestartPolicy
+	(*PortConfig)(nil),            // 20: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),          // 21: shoal.v1.EndpointSpec
+	(*ReplicatedService)(nil),     // 22: shoal.v1.ReplicatedService
+	(*GlobalService)(nil),         // 23: shoal.v1.GlobalService
+	(*Placement)(nil),             // 24: shoal.v1.Placement
+	(*PlacementPreference)(nil),   // 25: shoal.v1.PlacementPreference
+	(*ServiceSpec)(nil),           // 26: shoal.v1.ServiceSpec
+	(*Service)(nil),               // 27: shoal.v1.Service
+	(*TaskStatus)(nil),            // 28: shoal.v1.TaskStatus
+	(*Task)(nil),                  // 29: shoal.v1.Task
+	(*ClusterSpec)(nil),           // 30: shoal.v1.ClusterSpec
+	(*ClusterSecurity)(nil),       // 31: shoal.v1.ClusterSecurity
+	(*Cluster)(nil),               // 32: shoal.v1.Cluster
+	(*StoreAction)(nil),           // 33: shoal.v1.StoreAction
+	(*StoreRequest)(nil),          // 34: shoal.v1.StoreRequest
+	(*StoreSnapshot)(nil),         // 35: shoal.v1.StoreSnapshot
+	nil,                           // 36: shoal.v1.NodeSpec.LabelsEntry
+	nil,                           // 37: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                           // 38: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                           // 39: shoal.v1.ServiceSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
 }
 var file_objects_proto_depIdxs = []int32{
-	32, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
-	32, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
+	40, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
+	40, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
-	28, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
-	8,  // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
-	9,  // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	29, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	36, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
+	11, // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
+	12, // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
+	37, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	32, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	6,  // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
-	7,  // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
-	10, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
-	11, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
+	40, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	9,  // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
+	10, // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
+	13, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
+	14, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	12, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	30, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	33, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
-	31, // 18: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
-	14, // 19: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
-	17, // 20: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
-	15, // 21: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	16, // 22: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	6,  // 23: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	18, // 24: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	32, // 25: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 26: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	4,  // 27: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	6,  // 28: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	18, // 29: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
-	3,  // 30: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	20, // 31: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	6,  // 32: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	22, // 33: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	23, // 34: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
-	5,  // 35: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
-	13, // 36: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
-	19, // 37: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
-	21, // 38: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
-	24, // 39: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
-	25, // 40: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
-	13, // 41: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
-	19, // 42: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
-	21, // 43: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
-	24, // 44: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	15, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
+	38, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	41, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	18, // 18: shoal.v1.ContainerSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	12, // 19: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
+	12, // 20: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
+	5,  // 21: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartPolicy.Condition
+	41, // 22: shoal.v1.RestartPolicy.delay:type_name -> google.protobuf.Duration
+	41, // 23: shoal.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
+	6,  // 24: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortConfig.Protocol
+	7,  // 25: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PortConfig.PublishMode
+	20, // 26: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	25, // 27: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
+	39, // 28: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
+	17, // 29: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
+	24, // 30: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
+	19, // 31: shoal.v1.ServiceSpec.restart_policy:type_name -> shoal.v1.RestartPolicy
+	21, // 32: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	22, // 33: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	23, // 34: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	9,  // 35: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	26, // 36: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	40, // 37: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
+	3,  // 38: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	4,  // 39: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	9,  // 40: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	26, // 41: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
+	3,  // 42: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	28, // 43: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	9,  // 44: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	30, // 45: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	31, // 46: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
+	8,  // 47: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
+	16, // 48: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
+	27, // 49: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
+	29, // 50: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
+	32, // 51: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
+	33, // 52: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
+	16, // 53: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
+	27, // 54: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
+	29, // 55: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
+	32, // 56: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2309,11 +2848,11 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[12].OneofWrappers = []any{
+	file_objects_proto_msgTypes[17].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[19].OneofWrappers = []any{
+	file_objects_proto_msgTypes[24].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2324,8 +2863,8 @@ func file_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   26,
+			NumEnums:      9,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
