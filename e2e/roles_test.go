@@ -113,4 +113,31 @@ func TestPromoteDemote(t *testing.T) {
 		t.Errorf("managers after h3 left:\n%s", out)
 	}
 	h1.MustShoal("service", "create", "-d", "--name", "alone", "--replicas", "0", "shoal/testapp:latest")
+
+	// Demote the leader through its own socket: it hands leadership to the
+	// other manager, which removes it; the survivor takes writes alone.
+	leader, other := h1, h4
+	if !isLeader(t, h1) {
+		leader, other = h4, h1
+	}
+	t.Logf("demoting the leader, %s, through its own socket", leader.Name)
+	leader.MustShoal("node", "demote", nodeID(t, leader))
+	c.Eventually(waitConverge, "the old leader is a worker", func() error {
+		_, err := leader.Shoal("service", "ls")
+		if err == nil || !strings.Contains(err.Error(), "worker") {
+			return fmt.Errorf("service ls on the old leader: %v", err)
+		}
+		return nil
+	})
+	if out := other.MustShoal("node", "ls"); managerCount(out) != 1 || !strings.Contains(out, "Leader") {
+		t.Errorf("managers after demoting the leader:\n%s", out)
+	}
+	other.MustShoal("service", "scale", "alone=0")
+}
+
+// isLeader reports whether h's node is the Raft leader, per node inspect.
+func isLeader(t *testing.T, h *harness.Host) bool {
+	t.Helper()
+	out := h.MustShoal("node", "inspect", "self")
+	return strings.Contains(out, `"leader": true`) || strings.Contains(out, `"leader":true`)
 }

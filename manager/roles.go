@@ -13,12 +13,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// ErrLeadershipMoved is returned by a call this manager could not finish
+// because it handed leadership over to let the call proceed (demoting the
+// leader): the caller sends it again to the new leader.
+var ErrLeadershipMoved = errors.New("leadership moved to another manager: send the call to the new leader")
+
 // SetNodeRole promotes or demotes a node; it runs on the leader.
 //
 // A promotion only records the desired role: the node learns it on its
 // session, gets a manager certificate and joins Raft itself. A demotion
 // removes the node from the Raft group first (refused when the remaining
-// managers would lack a quorum), then records it as a worker; the node
+// managers would lack a quorum; when the node is this leader, leadership is
+// handed to another manager first and ErrLeadershipMoved returned), then records it as a worker; the node
 // learns it on its session and turns into a worker.
 func (m *Manager) SetNodeRole(ctx context.Context, req *shoalpb.SetNodeRoleRequest) (*shoalpb.SetNodeRoleResponse, error) {
 	resp, err := m.control.GetNode(ctx, &shoalpb.GetNodeRequest{Node: req.GetNode()})
@@ -37,11 +43,19 @@ func (m *Manager) SetNodeRole(ctx context.Context, req *shoalpb.SetNodeRoleReque
 			return nil, status.Errorf(codes.FailedPrecondition, "node %s is not a manager", name)
 		}
 		raftID := n.GetManagerStatus().GetRaftId()
-		if raftID == m.cfg.RaftID {
-			return nil, status.Errorf(codes.FailedPrecondition, "node %s is the leader: demote it once another manager leads (stop its shoald for a moment)", name)
-		}
 		if voters, alive := m.remainingManagers(n.GetId()); alive < voters/2+1 {
 			return nil, status.Errorf(codes.FailedPrecondition, "demoting %s would leave the managers without a quorum: %d of the %d remaining managers are up, %d needed; bring the others back first", name, alive, voters, voters/2+1)
+		}
+		if raftID == m.cfg.RaftID {
+			// The leader cannot remove itself and keep serving: hand
+			// leadership over first; the daemon then sends the call on
+			// to the new leader, which removes this manager.
+			to, err := m.node.TransferLeadership(ctx)
+			if err != nil {
+				return nil, status.Errorf(codes.Unavailable, "demote %s, the leader: hand leadership to another manager: %v", name, err)
+			}
+			m.logger.Info("leadership handed over for a demotion", "node", n.GetId(), "to", fmt.Sprintf("%x", to))
+			return nil, ErrLeadershipMoved
 		}
 		if err := m.node.RemoveMember(ctx, raftID); err != nil {
 			if errors.Is(err, raft.ErrQuorumRisk) {

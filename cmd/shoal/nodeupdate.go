@@ -155,6 +155,7 @@ and joins the managers' Raft group as a learner, becoming a voter once it
 has caught up. It must have been started with --advertise-addr.`,
 		"demote": `Make managers workers. Each is removed from the managers' Raft group first;
 a demotion that would leave the managers without a quorum is refused. The
+leader hands leadership to another manager before it is demoted. The
 demoted node keeps its containers and its old Raft state (moved aside).`,
 	}[verb]
 	return &cobra.Command{

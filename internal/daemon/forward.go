@@ -10,6 +10,7 @@ import (
 
 	"github.com/shoal-project/shoal/internal/ca"
 	"github.com/shoal-project/shoal/manager/nodeca"
+	"github.com/shoal-project/shoal/manager"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -196,7 +197,18 @@ func (d *Daemon) forwardUnary(ctx context.Context, req any, info *grpc.UnaryServ
 		if controlRead {
 			d.confirmRead(ctx)
 		}
-		return handler(ctx, req)
+		out, err := handler(ctx, req)
+		if !errors.Is(err, manager.ErrLeadershipMoved) {
+			return out, err
+		}
+		// This manager handed leadership over so the call can proceed
+		// (demoting it): the new leader finishes it.
+		if conn, err = d.leaderConn(); err != nil {
+			return nil, err
+		}
+		if conn == nil {
+			return nil, status.Error(codes.Unavailable, "leadership moved and came back here: try again")
+		}
 	}
 	if controlRead && d.followerRead(ctx) {
 		// ReadIndex through the leader confirmed this follower has applied
