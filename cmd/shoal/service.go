@@ -157,6 +157,10 @@ out; --all shows them too.`,
 			for _, r := range rows {
 				t := r.task
 				id, name, image, errMsg := t.GetId(), taskName(t), t.GetSpec().GetContainer().GetImage(), t.GetStatus().GetErr()
+				if errMsg == "" && t.GetStatus().GetState() == shoalpb.TaskState_TASK_STATE_PENDING {
+					// Why the task waits, as Swarm shows it: "no suitable node (...)".
+					errMsg = t.GetStatus().GetMessage()
+				}
 				if !noTrunc {
 					id, image, errMsg = shortID(id), trimDigest(image), truncate(errMsg, maxErrLen)
 				}

@@ -13,6 +13,7 @@ import (
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -44,6 +45,18 @@ type createOptions struct {
 	env             []string
 	labels          []string
 	constraints     []string
+	placementPrefs  []string
+	maxPerNode      uint64
+	reserveCPU      string
+	reserveMemory   string
+	limitCPU        string
+	limitMemory     string
+	limitPids       int64
+	restartCond     string
+	restartDelay    time.Duration
+	restartDelaySet bool // --restart-delay was given (0 is a valid delay)
+	restartAttempts uint64
+	restartWindow   time.Duration
 	entrypoint      string
 	workdir         string
 	user            string
@@ -69,10 +82,14 @@ progress, and fails if a task fails or is rejected, or if the service has
 not converged within --timeout. The service ID is printed last, on stdout.`,
 		Example: `  shoal service create --name web --replicas 3 shoal/web:latest
   shoal service create --name worker --env QUEUE=jobs --env WORKERS=4 shoal/worker
-  shoal service create --name agent --mode global busybox sleep 3600
+  shoal service create --name agent --mode global --constraint node.labels.gpu==true busybox sleep 3600
+  shoal service create --name api --replicas 4 --placement-pref spread=node.labels.zone \
+      --reserve-memory 128M --limit-memory 256M --limit-cpu 0.5 shoal/api
+  shoal service create --name job --restart-condition on-failure --restart-max-attempts 3 shoal/job
   shoal service create -d --name batch --entrypoint "/bin/sh -c" busybox 'echo hi; sleep 60'`,
 		Args: minArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.restartDelaySet = cmd.Flags().Changed("restart-delay")
 			spec, err := o.spec(args[0], args[1:], cmd.Flags().Changed("replicas"))
 			if err != nil {
 				return err
@@ -107,6 +124,17 @@ not converged within --timeout. The service ID is printed last, on stdout.`,
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "service label KEY=VALUE (repeatable)")
 	f.StringArrayVar(&o.constraints, "constraint", nil, "placement constraint, e.g. node.role==worker or node.labels.zone!=b (repeatable; all must hold)")
+	f.StringArrayVar(&o.placementPrefs, "placement-pref", nil, "spread tasks over a node label's values, e.g. spread=node.labels.zone (repeatable, nested in order)")
+	f.Uint64Var(&o.maxPerNode, "replicas-max-per-node", 0, "at most this many tasks of the service on one node (0: no limit)")
+	f.StringVar(&o.reserveCPU, "reserve-cpu", "", "CPUs set aside for each task on its node, e.g. 0.5")
+	f.StringVar(&o.reserveMemory, "reserve-memory", "", "memory set aside for each task on its node, e.g. 256M")
+	f.StringVar(&o.limitCPU, "limit-cpu", "", "CPU limit of each container, e.g. 1.5 (enforced by CFS quota)")
+	f.StringVar(&o.limitMemory, "limit-memory", "", "memory limit of each container, e.g. 512M; a container above it is OOM-killed")
+	f.Int64Var(&o.limitPids, "limit-pids", 0, "process and thread limit of each container (0: none)")
+	f.StringVar(&o.restartCond, "restart-condition", "", "restart a finished task: any (default), on-failure or none")
+	f.DurationVar(&o.restartDelay, "restart-delay", 0, "wait between a task ending and its restart (default: at once, backing off while failures repeat)")
+	f.Uint64Var(&o.restartAttempts, "restart-max-attempts", 0, "give up restarting a slot after this many restarts within --restart-window (0: never give up)")
+	f.DurationVar(&o.restartWindow, "restart-window", 0, "window in which --restart-max-attempts counts (default: forever)")
 	f.StringVar(&o.entrypoint, "entrypoint", "", "replace the image's ENTRYPOINT (split on whitespace)")
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory in the container")
 	f.StringVarP(&o.user, "user", "u", "", "user[:group] the container runs as")
@@ -157,8 +185,14 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 	if spec.Labels, err = parseKeyValues("--label", o.labels); err != nil {
 		return nil, err
 	}
-	if len(o.constraints) > 0 {
-		spec.Placement = &shoalpb.Placement{Constraints: o.constraints}
+	if spec.Placement, err = o.placement(); err != nil {
+		return nil, err
+	}
+	if spec.Container.Resources, err = o.resources(); err != nil {
+		return nil, err
+	}
+	if spec.RestartPolicy, err = o.restartPolicy(); err != nil {
+		return nil, err
 	}
 	if o.stopSignal != "" {
 		sig, err := parseSignal(o.stopSignal)
@@ -174,6 +208,120 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 		spec.Container.StopGracePeriod = durationpb.New(o.stopGracePeriod)
 	}
 	return spec, nil
+}
+
+// placement builds the placement from --constraint, --placement-pref and
+// --replicas-max-per-node; nil when none is given.
+func (o *createOptions) placement() (*shoalpb.Placement, error) {
+	if len(o.constraints) == 0 && len(o.placementPrefs) == 0 && o.maxPerNode == 0 {
+		return nil, nil
+	}
+	p := &shoalpb.Placement{Constraints: o.constraints, MaxReplicas: o.maxPerNode}
+	for _, v := range o.placementPrefs {
+		kind, key, ok := strings.Cut(v, "=")
+		if !ok || kind != "spread" || key == "" {
+			return nil, usageErrorf("--placement-pref %q must be spread=LABEL, e.g. spread=node.labels.zone", v)
+		}
+		p.Preferences = append(p.Preferences, &shoalpb.PlacementPreference{Spread: key})
+	}
+	return p, nil
+}
+
+// resources builds the resource requirements from --reserve-* and
+// --limit-*; nil when none is given.
+func (o *createOptions) resources() (*shoalpb.ResourceRequirements, error) {
+	r := &shoalpb.ResourceRequirements{Limits: &shoalpb.Resources{}, Reservations: &shoalpb.Resources{}}
+	var err error
+	if r.Reservations.NanoCpus, err = parseCPUs("--reserve-cpu", o.reserveCPU); err != nil {
+		return nil, err
+	}
+	if r.Limits.NanoCpus, err = parseCPUs("--limit-cpu", o.limitCPU); err != nil {
+		return nil, err
+	}
+	if r.Reservations.MemoryBytes, err = parseBytes("--reserve-memory", o.reserveMemory); err != nil {
+		return nil, err
+	}
+	if r.Limits.MemoryBytes, err = parseBytes("--limit-memory", o.limitMemory); err != nil {
+		return nil, err
+	}
+	if o.limitPids < 0 {
+		return nil, usageErrorf("--limit-pids must be 0 or more, got %d", o.limitPids)
+	}
+	r.PidsLimit = o.limitPids
+	if proto.Equal(r, &shoalpb.ResourceRequirements{Limits: &shoalpb.Resources{}, Reservations: &shoalpb.Resources{}}) {
+		return nil, nil
+	}
+	return r, nil
+}
+
+// restartPolicy builds the restart policy from --restart-*; nil when none
+// is given.
+func (o *createOptions) restartPolicy() (*shoalpb.RestartPolicy, error) {
+	p := &shoalpb.RestartPolicy{MaxAttempts: o.restartAttempts}
+	set := o.restartAttempts > 0
+	switch o.restartCond {
+	case "":
+	case "any":
+		set = true
+	case "on-failure":
+		p.Condition, set = shoalpb.RestartPolicy_CONDITION_ON_FAILURE, true
+	case "none":
+		p.Condition, set = shoalpb.RestartPolicy_CONDITION_NONE, true
+	default:
+		return nil, usageErrorf("--restart-condition must be any, on-failure or none, got %q", o.restartCond)
+	}
+	switch {
+	case o.restartDelay < 0:
+		return nil, usageErrorf("--restart-delay must be 0 or more, got %s", o.restartDelay)
+	case o.restartDelaySet:
+		p.Delay, set = durationpb.New(o.restartDelay), true
+	}
+	switch {
+	case o.restartWindow < 0:
+		return nil, usageErrorf("--restart-window must be 0 or more, got %s", o.restartWindow)
+	case o.restartWindow > 0:
+		p.Window, set = durationpb.New(o.restartWindow), true
+	}
+	if !set {
+		return nil, nil
+	}
+	return p, nil
+}
+
+// parseCPUs parses a CPU count like "0.5" or "2" into nano CPUs; "" is 0.
+func parseCPUs(flag, v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || f > 1e6 {
+		return 0, usageErrorf("%s %q must be a number of CPUs, e.g. 0.5 or 2", flag, v)
+	}
+	return int64(f * 1e9), nil
+}
+
+// byteUnits are the suffixes parseBytes takes, binary as Docker's.
+var byteUnits = map[string]int64{"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+// parseBytes parses a size like "64M", "1.5g", "512MiB" or "1048576" (bytes);
+// "" is 0.
+func parseBytes(flag, v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	s := strings.ToLower(strings.TrimSpace(v))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "ib"), "b")
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], s[i:]
+	}
+	mult, ok := byteUnits[unit]
+	f, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || f < 0 || f*float64(mult) > 1<<62 {
+		return 0, usageErrorf("%s %q must be a size like 64M, 1.5G or 1048576 (bytes; units b, k, m, g, t)", flag, v)
+	}
+	return int64(f * float64(mult)), nil
 }
 
 // validateReplicas checks a --replicas value.

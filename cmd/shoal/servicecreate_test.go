@@ -157,6 +157,35 @@ func TestCreateSpec(t *testing.T) {
 		{name: "negative replicas", opts: func(o *createOptions) { o.replicas = -1 }, replicasSet: true, wantErr: "--replicas must be 0 or more, got -1"},
 		{name: "bad env", opts: func(o *createOptions) { o.env = []string{"FOO"} }, wantErr: `--env "FOO" must be KEY=VALUE`},
 		{name: "bad signal", opts: func(o *createOptions) { o.stopSignal = "SIGNOPE" }, wantErr: `--stop-signal "SIGNOPE": no such signal`},
+		{
+			name: "placement, resources, restart policy",
+			opts: func(o *createOptions) {
+				o.constraints, o.placementPrefs, o.maxPerNode = []string{"node.role==worker"}, []string{"spread=node.labels.zone", "spread=node.labels.rack"}, 2
+				o.reserveCPU, o.reserveMemory, o.limitCPU, o.limitMemory, o.limitPids = "0.25", "64M", "1.5", "1.5GiB", 100
+				o.restartCond, o.restartDelay, o.restartDelaySet, o.restartAttempts, o.restartWindow = "on-failure", 0, true, 3, time.Minute
+			},
+			want: &shoalpb.ServiceSpec{
+				Container: &shoalpb.ContainerSpec{Image: "img", Resources: &shoalpb.ResourceRequirements{
+					Limits:       &shoalpb.Resources{NanoCpus: 1_500_000_000, MemoryBytes: 3 << 29},
+					Reservations: &shoalpb.Resources{NanoCpus: 250_000_000, MemoryBytes: 64 << 20},
+					PidsLimit:    100,
+				}},
+				Placement: &shoalpb.Placement{
+					Constraints: []string{"node.role==worker"},
+					Preferences: []*shoalpb.PlacementPreference{{Spread: "node.labels.zone"}, {Spread: "node.labels.rack"}},
+					MaxReplicas: 2,
+				},
+				RestartPolicy: &shoalpb.RestartPolicy{
+					Condition: shoalpb.RestartPolicy_CONDITION_ON_FAILURE, Delay: durationpb.New(0),
+					MaxAttempts: 3, Window: durationpb.New(time.Minute),
+				},
+				Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 1}},
+			},
+		},
+		{name: "bad spread", opts: func(o *createOptions) { o.placementPrefs = []string{"node.labels.zone"} }, wantErr: `--placement-pref "node.labels.zone" must be spread=LABEL, e.g. spread=node.labels.zone`},
+		{name: "bad memory", opts: func(o *createOptions) { o.limitMemory = "12 parsecs" }, wantErr: `--limit-memory "12 parsecs" must be a size like 64M, 1.5G or 1048576 (bytes; units b, k, m, g, t)`},
+		{name: "bad cpu", opts: func(o *createOptions) { o.reserveCPU = "half" }, wantErr: `--reserve-cpu "half" must be a number of CPUs, e.g. 0.5 or 2`},
+		{name: "bad restart condition", opts: func(o *createOptions) { o.restartCond = "always" }, wantErr: `--restart-condition must be any, on-failure or none, got "always"`},
 		{name: "negative grace period", opts: func(o *createOptions) { o.stopGracePeriod = -time.Second }, wantErr: "--stop-grace-period must be 0 or more, got -1s"},
 	}
 	for _, tt := range tests {
@@ -269,5 +298,31 @@ func checkErr(t *testing.T, err error, want string) {
 		t.Fatalf("no error, want %q", want)
 	case want != "" && err.Error() != want:
 		t.Fatalf("error %q, want %q", err.Error(), want)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{in: "", want: 0},
+		{in: "1048576", want: 1 << 20},
+		{in: "64m", want: 64 << 20},
+		{in: "64M", want: 64 << 20},
+		{in: "64MB", want: 64 << 20},
+		{in: "512MiB", want: 512 << 20},
+		{in: "1.5k", want: 1536},
+		{in: "2g", want: 2 << 30},
+		{in: "-1m", wantErr: true},
+		{in: "10x", wantErr: true},
+		{in: "m", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := parseBytes("--limit-memory", tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
 	}
 }

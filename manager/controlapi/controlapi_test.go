@@ -92,6 +92,39 @@ func TestCreateServiceValidation(t *testing.T) {
 		}, parts: []string{"container.stop_grace_period", "negative"}},
 		{name: "zero grace", mutate: func(s *shoalpb.ServiceSpec) { s.Container.StopGracePeriod = durationpb.New(0) }},
 		{name: "empty label key", mutate: func(s *shoalpb.ServiceSpec) { s.Labels = map[string]string{"": "x"} }, parts: []string{"labels"}},
+		{name: "spread on a label", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Placement = &shoalpb.Placement{Preferences: []*shoalpb.PlacementPreference{{Spread: "node.labels.zone"}}}
+		}},
+		{name: "spread on no label", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Placement = &shoalpb.Placement{Preferences: []*shoalpb.PlacementPreference{{Spread: "node.labels.zone"}, {Spread: "node.hostname"}}}
+		}, parts: []string{"placement.preferences[1]", "node.labels.NAME"}},
+		{name: "negative restart delay", mutate: func(s *shoalpb.ServiceSpec) {
+			s.RestartPolicy = &shoalpb.RestartPolicy{Delay: durationpb.New(-time.Second)}
+		}, parts: []string{"restart_policy.delay", "negative"}},
+		{name: "unknown restart condition", mutate: func(s *shoalpb.ServiceSpec) {
+			s.RestartPolicy = &shoalpb.RestartPolicy{Condition: 7}
+		}, parts: []string{"restart_policy.condition", "on-failure"}},
+		{name: "restart policy", mutate: func(s *shoalpb.ServiceSpec) {
+			s.RestartPolicy = &shoalpb.RestartPolicy{Condition: shoalpb.RestartPolicy_CONDITION_ON_FAILURE, MaxAttempts: 3, Window: durationpb.New(time.Minute)}
+		}},
+		{name: "memory limit too small", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Container.Resources = &shoalpb.ResourceRequirements{Limits: &shoalpb.Resources{MemoryBytes: 1024}}
+		}, parts: []string{"resources.limits.memory_bytes", "minimum"}},
+		{name: "reservation above limit", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Container.Resources = &shoalpb.ResourceRequirements{
+				Limits:       &shoalpb.Resources{MemoryBytes: 64 << 20},
+				Reservations: &shoalpb.Resources{MemoryBytes: 128 << 20},
+			}
+		}, parts: []string{"resources.reservations.memory_bytes", "above the limit"}},
+		{name: "negative pids limit", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Container.Resources = &shoalpb.ResourceRequirements{PidsLimit: -1}
+		}, parts: []string{"resources.pids_limit", "negative"}},
+		{name: "port published twice", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishedPort: 8080}, {TargetPort: 81, PublishedPort: 8080}}}
+		}, parts: []string{"endpoint.ports[1]", "8080/tcp", "twice"}},
+		{name: "target port zero", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{PublishedPort: 8080}}}
+		}, parts: []string{"endpoint.ports[0]", "target port 0"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/shoal-project/shoal/scheduler"
@@ -57,6 +58,20 @@ func normalizeSpec(spec *shoalpb.ServiceSpec) error {
 		if _, err := scheduler.ParseConstraint(c); err != nil {
 			return invalid("placement", "%v", err)
 		}
+	}
+	for i, p := range spec.GetPlacement().GetPreferences() {
+		if err := validSpreadKey(p.GetSpread()); err != nil {
+			return invalid(fmt.Sprintf("placement.preferences[%d]", i), "%v", err)
+		}
+	}
+	if err := validateRestartPolicy(spec.GetRestartPolicy()); err != nil {
+		return err
+	}
+	if err := validatePorts(spec.GetEndpoint().GetPorts()); err != nil {
+		return err
+	}
+	if err := validateResources(spec.GetContainer().GetResources()); err != nil {
+		return err
 	}
 	c := spec.GetContainer()
 	if c.GetImage() == "" {
@@ -151,4 +166,102 @@ func randomSuffix(n int) string {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b)
+}
+
+// MinMemoryLimit is the smallest memory limit accepted: below it runc and
+// the container's first process cannot even start (Docker refuses below
+// 6 MiB for the same reason).
+const MinMemoryLimit = 6 << 20
+
+// validSpreadKey checks a spread preference's label key.
+func validSpreadKey(key string) error {
+	for _, p := range []string{"node.labels.", "engine.labels."} {
+		if name, ok := strings.CutPrefix(key, p); ok && name != "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("spread %q: expected node.labels.NAME or engine.labels.NAME", key)
+}
+
+// validateRestartPolicy checks durations and the condition.
+func validateRestartPolicy(p *shoalpb.RestartPolicy) error {
+	if p == nil {
+		return nil
+	}
+	if _, ok := shoalpb.RestartPolicy_Condition_name[int32(p.GetCondition())]; !ok {
+		return invalid("restart_policy.condition", "%d: expected any, on-failure or none", p.GetCondition())
+	}
+	for _, f := range []struct {
+		field string
+		d     *durationpb.Duration
+	}{{"restart_policy.delay", p.GetDelay()}, {"restart_policy.window", p.GetWindow()}} {
+		if f.d == nil {
+			continue
+		}
+		if err := f.d.CheckValid(); err != nil {
+			return invalid(f.field, "%v", err)
+		}
+		if f.d.AsDuration() < 0 {
+			return invalid(f.field, "%v must not be negative", f.d.AsDuration())
+		}
+	}
+	return nil
+}
+
+// validatePorts checks published ports: numbers in range, and no host port
+// published twice.
+func validatePorts(ports []*shoalpb.PortConfig) error {
+	seen := make(map[string]bool)
+	for i, p := range ports {
+		field := fmt.Sprintf("endpoint.ports[%d]", i)
+		if p.GetTargetPort() == 0 || p.GetTargetPort() > 65535 {
+			return invalid(field, "target port %d: expected 1 to 65535", p.GetTargetPort())
+		}
+		if p.GetPublishedPort() > 65535 {
+			return invalid(field, "published port %d: expected 1 to 65535", p.GetPublishedPort())
+		}
+		if p.GetPublishedPort() == 0 {
+			continue
+		}
+		key := fmt.Sprintf("%d/%v", p.GetPublishedPort(), p.GetProtocol())
+		if seen[key] {
+			return invalid(field, "port %d/%s is published twice", p.GetPublishedPort(), strings.ToLower(strings.TrimPrefix(p.GetProtocol().String(), "PROTOCOL_")))
+		}
+		seen[key] = true
+	}
+	return nil
+}
+
+// validateResources checks limits and reservations: none negative, a
+// memory limit large enough to start a container, and reservations within
+// the limits.
+func validateResources(r *shoalpb.ResourceRequirements) error {
+	if r == nil {
+		return nil
+	}
+	lim, res := r.GetLimits(), r.GetReservations()
+	for _, f := range []struct {
+		field string
+		v     int64
+	}{
+		{"resources.limits.nano_cpus", lim.GetNanoCpus()},
+		{"resources.limits.memory_bytes", lim.GetMemoryBytes()},
+		{"resources.reservations.nano_cpus", res.GetNanoCpus()},
+		{"resources.reservations.memory_bytes", res.GetMemoryBytes()},
+		{"resources.pids_limit", r.GetPidsLimit()},
+	} {
+		if f.v < 0 {
+			return invalid(f.field, "%d must not be negative", f.v)
+		}
+	}
+	if m := lim.GetMemoryBytes(); m > 0 && m < MinMemoryLimit {
+		return invalid("resources.limits.memory_bytes", "%d bytes is below the minimum of %d (6 MiB)", m, MinMemoryLimit)
+	}
+	if l, v := lim.GetMemoryBytes(), res.GetMemoryBytes(); l > 0 && v > l {
+		return invalid("resources.reservations.memory_bytes", "reservation %d is above the limit %d", v, l)
+	}
+	if l, v := lim.GetNanoCpus(), res.GetNanoCpus(); l > 0 && v > l {
+		return invalid("resources.reservations.nano_cpus", "reservation %d is above the limit %d", v, l)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoal-project/shoal/manager/store"
 	shoalpb "github.com/shoal-project/shoal/proto"
+	"github.com/shoal-project/shoal/scheduler"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -153,13 +154,35 @@ func (p *pass) retire() []int {
 		if !runnable(t) {
 			continue
 		}
-		if terminal(t.GetStatus().GetState()) || specChanged(t, p.svc) {
+		if terminal(t.GetStatus().GetState()) || specChanged(t, p.svc) || p.lost(t) {
 			p.shutdown(i)
 			continue
 		}
 		live = append(live, i)
 	}
 	return live
+}
+
+// lost reports whether a replicated task's node is down: its tasks are
+// replaced elsewhere at once, and stopped on the node if it comes back (it
+// finds them asked to shut down). A global task stays with its node.
+func (p *pass) lost(t *shoalpb.Task) bool {
+	if p.svc.GetSpec().GetGlobal() != nil || t.GetNodeId() == "" {
+		return false
+	}
+	n := p.node(t.GetNodeId())
+	return n != nil && n.GetStatus().GetState() == shoalpb.NodeState_NODE_STATE_DOWN
+}
+
+// draining reports whether task i runs on a drained node: it keeps running
+// until its replacement runs (so a drain never leaves a slot empty), then
+// stops.
+func (p *pass) draining(i int) bool {
+	id := p.tasks[i].GetNodeId()
+	if id == "" {
+		return false
+	}
+	return p.node(id).GetSpec().GetAvailability() == shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN
 }
 
 // specChanged reports whether the task runs something other than the
@@ -200,13 +223,106 @@ func (p *pass) replicated() {
 		bySlot[slot] = append(bySlot[slot], i)
 	}
 	for slot := uint64(1); slot <= n; slot++ {
-		switch idx := bySlot[slot]; {
-		case len(idx) == 0:
+		var moving, staying []int
+		for _, i := range bySlot[slot] {
+			if p.draining(i) {
+				moving = append(moving, i)
+			} else {
+				staying = append(staying, i)
+			}
+		}
+		switch {
+		case len(staying) == 0 && len(moving) > 0:
+			// Start the replacement first; the drained task stops
+			// once it runs. A restart policy does not apply: nothing
+			// failed.
 			p.create(slot, "")
-		case len(idx) > 1:
-			p.keepOne(idx)
+			continue
+		case len(staying) == 0:
+			if p.restartAllowed(slot, "") {
+				p.create(slot, "")
+			}
+			continue
+		case len(staying) > 1:
+			p.keepOne(staying)
+		}
+		if len(moving) > 0 && p.slotRunning(staying) {
+			for _, i := range moving {
+				p.shutdown(i)
+			}
 		}
 	}
+}
+
+// slotRunning reports whether one of the tasks runs.
+func (p *pass) slotRunning(idx []int) bool {
+	for _, i := range idx {
+		if p.tasks[i].GetStatus().GetState() == shoalpb.TaskState_TASK_STATE_RUNNING {
+			return true
+		}
+	}
+	return false
+}
+
+// restartAllowed applies the service's restart policy to a slot (or, for a
+// global service, a node) without a runnable task. Only a task that ended
+// by itself (COMPLETE, FAILED, REJECTED) with the current spec counts: a
+// slot emptied on purpose (scaling, an update, a lost or removed node) is
+// always filled again.
+func (p *pass) restartAllowed(slot uint64, nodeID string) bool {
+	var latest *shoalpb.Task
+	for _, t := range p.tasks { // oldest first
+		if inSlot(t, slot, nodeID) {
+			latest = t
+		}
+	}
+	if latest == nil || !endedByItself(latest) || specChanged(latest, p.svc) {
+		return true
+	}
+	policy := p.svc.GetSpec().GetRestartPolicy()
+	switch policy.GetCondition() {
+	case shoalpb.RestartPolicy_CONDITION_NONE:
+		return false
+	case shoalpb.RestartPolicy_CONDITION_ON_FAILURE:
+		if latest.GetStatus().GetState() == shoalpb.TaskState_TASK_STATE_COMPLETE {
+			return false
+		}
+	}
+	if max := policy.GetMaxAttempts(); max > 0 {
+		// Every ended task after the first was a restart: max attempts
+		// allow max+1 runs in the window.
+		window := policy.GetWindow().AsDuration()
+		var runs uint64
+		for _, t := range p.tasks {
+			if !inSlot(t, slot, nodeID) || !endedByItself(t) || specChanged(t, p.svc) {
+				continue
+			}
+			if window > 0 && p.now.Sub(t.GetStatus().GetTimestamp().AsTime()) > window {
+				continue
+			}
+			runs++
+		}
+		if runs > max {
+			return false
+		}
+	}
+	return true
+}
+
+// inSlot reports whether t belongs to the slot (replicated) or, for slot
+// 0, to the node (global).
+func inSlot(t *shoalpb.Task, slot uint64, nodeID string) bool {
+	return t.GetSlot() == slot && (slot != 0 || t.GetNodeId() == nodeID)
+}
+
+// endedByItself reports whether the task's container finished without
+// being asked to stop: what a restart policy judges.
+func endedByItself(t *shoalpb.Task) bool {
+	switch t.GetStatus().GetState() {
+	case shoalpb.TaskState_TASK_STATE_COMPLETE, shoalpb.TaskState_TASK_STATE_FAILED, shoalpb.TaskState_TASK_STATE_REJECTED:
+		return true
+	}
+	return false
 }
 
 // eligible reports whether a node takes new tasks of a global service.
@@ -218,7 +334,33 @@ func eligible(n *shoalpb.Node) bool {
 	return n.GetStatus().GetState() == shoalpb.NodeState_NODE_STATE_READY
 }
 
-// global keeps one runnable task on every eligible node. A node that is
+// parseConstraints parses a service's constraints. The control API refused
+// invalid ones; one that fails anyway matches no node.
+func parseConstraints(texts []string) []scheduler.Constraint {
+	cs := make([]scheduler.Constraint, 0, len(texts))
+	for _, s := range texts {
+		c, err := scheduler.ParseConstraint(s)
+		if err != nil {
+			c = scheduler.Constraint{Key: "node.id", Equal: true, Value: ""}
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// meets reports whether n meets every constraint.
+func meets(n *shoalpb.Node, cs []scheduler.Constraint) bool {
+	for _, c := range cs {
+		if !c.Matches(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// global keeps one runnable task on every eligible node that meets the
+// service's constraints; a node that stops meeting them (its labels
+// changed) loses its task. A node that is
 // down or paused keeps the task it has (node loss is handled elsewhere); a
 // drained node loses it.
 func (p *pass) global() {
@@ -227,19 +369,20 @@ func (p *pass) global() {
 		id := p.tasks[i].GetNodeId()
 		byNode[id] = append(byNode[id], i)
 	}
+	constraints := parseConstraints(p.svc.GetSpec().GetPlacement().GetConstraints())
 	nodes := append([]*shoalpb.Node(nil), p.tx.ListNodes()...)
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].GetId() < nodes[j].GetId() })
 	for _, n := range nodes {
 		idx := byNode[n.GetId()]
 		delete(byNode, n.GetId())
 		switch {
-		case n.GetSpec().GetAvailability() == shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN:
+		case n.GetSpec().GetAvailability() == shoalpb.NodeAvailability_NODE_AVAILABILITY_DRAIN || !meets(n, constraints):
 			for _, i := range idx {
 				p.shutdown(i)
 			}
 		case len(idx) > 1:
 			p.keepOne(idx)
-		case len(idx) == 0 && eligible(n):
+		case len(idx) == 0 && eligible(n) && p.restartAllowed(0, n.GetId()):
 			p.create(0, n.GetId())
 		}
 	}
@@ -252,9 +395,9 @@ func (p *pass) global() {
 }
 
 // restartDelay is how long a slot waits before its finished task is
-// replaced: DefaultRestartDelay after a lone failure, backing off when
-// failures repeat within RestartBackoffWindow. The hook restart policies
-// will use.
+// replaced: the restart policy's delay when it sets one, else
+// DefaultRestartDelay after a lone failure, backing off when failures
+// repeat within RestartBackoffWindow.
 func (p *pass) restartDelay(slot uint64, nodeID string) time.Duration {
 	recent := 0
 	for _, t := range p.tasks {
@@ -264,6 +407,9 @@ func (p *pass) restartDelay(slot uint64, nodeID string) time.Duration {
 		if p.now.Sub(t.GetStatus().GetTimestamp().AsTime()) < RestartBackoffWindow {
 			recent++
 		}
+	}
+	if d := p.svc.GetSpec().GetRestartPolicy().GetDelay(); d != nil {
+		return d.AsDuration()
 	}
 	if recent <= 1 {
 		return DefaultRestartDelay
