@@ -102,10 +102,16 @@ func (f *fakeExecutor) Wait(ctx context.Context, id string) (ContainerStatus, er
 
 // exit makes a running container exit with code.
 func (f *fakeExecutor) exit(id string, code int) {
+	f.exitWith(id, ContainerStatus{ExitCode: code})
+}
+
+// exitWith makes a running container exit with st.
+func (f *fakeExecutor) exitWith(id string, st ContainerStatus) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.containers[id]
-	c.status = ContainerStatus{State: ContainerExited, ExitCode: code}
+	st.State = ContainerExited
+	c.status = st
 	c.exit <- c.status
 }
 

@@ -47,11 +47,16 @@ const (
 
 // ContainerStatus describes a task's container.
 type ContainerStatus struct {
-	State      ContainerState
-	Pid        int
-	ExitCode   int
-	Signal     string
-	StartedAt  time.Time
-	FinishedAt time.Time
-	Addresses  []string
+	State    ContainerState
+	Pid      int
+	ExitCode int
+	Signal   string
+	// OOMKilled means the kernel OOM killer killed a process of the exited
+	// container (its init when Signal is SIGKILL). MemoryLimit is the
+	// container's memory limit in bytes, 0 for none.
+	OOMKilled   bool
+	MemoryLimit int64
+	StartedAt   time.Time
+	FinishedAt  time.Time
+	Addresses   []string
 }

@@ -26,7 +26,8 @@ const defaultStopGracePeriod = 10 * time.Second
 const hostnameLen = 12
 
 // RuncExecutor runs tasks as runc containers with images from the host's
-// image store, each in its own network namespace on the node-local bridge.
+// image store, each in its own network namespace on the node-local bridge
+// and in cgroups that enforce the task's resource limits.
 type RuncExecutor struct {
 	Images  *image.Store
 	Runtime *container.Runtime
@@ -94,6 +95,7 @@ func (e *RuncExecutor) Prepare(ctx context.Context, t *shoalpb.Task) ([]string, 
 		Labels:     cs.GetLabels(),
 		Hosts:      []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", ep.Address.Addr(), hostname)),
 		ResolvConf: hostResolvConf(),
+		Resources:  containerResources(cs.GetResources()),
 	}
 	if err := e.Runtime.Create(ctx, spec); err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
@@ -188,11 +190,13 @@ func (e *RuncExecutor) List(ctx context.Context) ([]string, error) {
 
 func convertStatus(st container.Status) ContainerStatus {
 	out := ContainerStatus{
-		Pid:        st.Pid,
-		ExitCode:   st.ExitCode,
-		Signal:     st.Signal,
-		StartedAt:  st.StartedAt,
-		FinishedAt: st.FinishedAt,
+		Pid:         st.Pid,
+		ExitCode:    st.ExitCode,
+		Signal:      st.Signal,
+		OOMKilled:   st.OOMKilled,
+		MemoryLimit: st.MemoryLimit,
+		StartedAt:   st.StartedAt,
+		FinishedAt:  st.FinishedAt,
 	}
 	switch st.State {
 	case container.StateCreated:
@@ -205,6 +209,17 @@ func convertStatus(st container.Status) ContainerStatus {
 		out.State = ContainerAbsent
 	}
 	return out
+}
+
+// containerResources is the part of a task's resources its cgroup
+// enforces: the limits. Reservations are the scheduler's business only, as
+// in Swarm.
+func containerResources(rr *shoalpb.ResourceRequirements) container.Resources {
+	return container.Resources{
+		MemoryBytes: rr.GetLimits().GetMemoryBytes(),
+		NanoCPUs:    rr.GetLimits().GetNanoCpus(),
+		PidsLimit:   rr.GetPidsLimit(),
+	}
 }
 
 // resolveArgs combines entrypoint and cmd the way Docker does: the

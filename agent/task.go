@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -260,14 +261,48 @@ func (r *taskRunner) exited(cs ContainerStatus) {
 		r.setStatus(shoalpb.TaskState_TASK_STATE_COMPLETE, "finished", func(s *shoalpb.TaskStatus) { s.ExitCode = 0 })
 		return
 	}
-	msg := fmt.Sprintf("task: non-zero exit (%d)", cs.ExitCode)
-	if cs.Signal != "" {
-		msg = fmt.Sprintf("task: killed by %s (exit %d)", cs.Signal, cs.ExitCode)
-	}
+	msg := exitMessage(cs)
 	r.setStatus(shoalpb.TaskState_TASK_STATE_FAILED, "failed", func(s *shoalpb.TaskStatus) {
 		s.ExitCode = int32(cs.ExitCode)
 		s.Err = msg
 	})
+}
+
+// exitMessage explains a container's failed exit for TaskStatus.Err.
+func exitMessage(cs ContainerStatus) string {
+	if cs.OOMKilled {
+		why := "the host ran out of memory"
+		if cs.MemoryLimit > 0 {
+			why = "container exceeded its memory limit of " + formatBytes(cs.MemoryLimit)
+		}
+		if cs.Signal == "SIGKILL" {
+			return "OOM killed: " + why
+		}
+		// The OOM killer took another process; init exited by itself.
+		return fmt.Sprintf("task: non-zero exit (%d) after a process was OOM killed: %s", cs.ExitCode, why)
+	}
+	if cs.Signal != "" {
+		return fmt.Sprintf("task: killed by %s (exit %d)", cs.Signal, cs.ExitCode)
+	}
+	return fmt.Sprintf("task: non-zero exit (%d)", cs.ExitCode)
+}
+
+// formatBytes writes n in the largest binary unit it reaches: "32 MiB",
+// "1.5 GiB", "512 bytes".
+func formatBytes(n int64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	if n < 1<<10 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	i := 0
+	for i+1 < len(units) && n >= 1<<(10*(i+2)) {
+		i++
+	}
+	unit := int64(1) << (10 * (i + 1))
+	if n%unit == 0 {
+		return fmt.Sprintf("%d %s", n/unit, units[i])
+	}
+	return strconv.FormatFloat(float64(n)/float64(unit), 'f', 1, 64) + " " + units[i]
 }
 
 func (r *taskRunner) fail(state shoalpb.TaskState, err error) error {

@@ -74,6 +74,8 @@ type Spec struct {
 	// an empty file).
 	Hosts      []byte
 	ResolvConf []byte
+	// Resources are the container's cgroup limits.
+	Resources Resources
 }
 
 // Create prepares the container's bundle in StateDir/ID: the overlayfs
@@ -89,6 +91,12 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (err error) {
 	}
 	if len(spec.Args) == 0 {
 		return fmt.Errorf("create container %s: %w: no command", spec.ID, ErrInvalidSpec)
+	}
+	if err := spec.Resources.validate(); err != nil {
+		return fmt.Errorf("create container %s: %w", spec.ID, err)
+	}
+	if err := r.cg.check(spec.Resources); err != nil {
+		return fmt.Errorf("create container %s: %w", spec.ID, err)
 	}
 	unlock, err := r.locks.lock(ctx, spec.ID)
 	if err != nil {
@@ -222,11 +230,7 @@ func (r *Runtime) ociSpec(spec Spec, dir string, user execUser) *specs.Spec {
 		Annotations: annotations,
 		Linux: &specs.Linux{
 			CgroupsPath: r.cgroupPath(spec.ID),
-			Resources: &specs.LinuxResources{
-				// Deny every device; runc adds its standard ones (null,
-				// zero, full, tty, random, urandom, pts, ptmx).
-				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
-			},
+			Resources:   linuxResources(spec.Resources, r.cg.swapLimit),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
 				{Type: specs.IPCNamespace},

@@ -25,10 +25,12 @@
 // to StateDir/ID/log.jsonl, splitting lines longer than 16 KiB.
 // Reading the pipes is what keeps the container from blocking on a full
 // pipe, which is why a dead shim is a broken container and the shim does as
-// little as possible. When runc exits, its exit status (128+N when the
-// container was killed by signal N, the shell convention runc follows) is
-// written atomically to StateDir/ID/exit.json and the shim exits. `runc run`
-// deletes runc's own state when it returns, so exit.json is the only record
+// little as possible. It runs `runc run --keep`, so that runc leaves the
+// exited container and its cgroups in place: the shim reads the memory
+// cgroup's OOM counters (see below) and then removes both with `runc delete
+// --force`. Only then is the exit status (128+N when the container was
+// killed by signal N, the shell convention runc follows) written atomically
+// to StateDir/ID/exit.json, and the shim exits. exit.json is the only record
 // of an exited container and the source of truth for [Runtime.Status].
 //
 // # Files
@@ -43,7 +45,7 @@
 //	shim.pid      pid of the shim
 //	init.pid      host pid of the container's init (runc --pid-file, written once it runs)
 //	log.jsonl     the container's output
-//	exit.json     exit status, written once by the shim when runc returns
+//	exit.json     exit status and OOM kill, written once by the shim after runc returns
 //	runc.log      runc's own log (JSON), the reason when runc could not start the container
 //	shim.log      the shim's own diagnostics
 //
@@ -53,9 +55,28 @@
 // effective or permitted capabilities for a non-root user), no-new-privileges,
 // Docker's masked and read-only /proc and /sys paths, a device cgroup that
 // denies everything but runc's standard devices, and fresh pid, ipc, uts,
-// mount and network namespaces. The default seccomp profile and cgroup
-// resource limits (memory, CPU, pids) come together with the resource limits
-// of the service spec; containers run without a seccomp filter and without
-// limits until then. The container log grows without bound for the same
-// reason: rotation belongs with those limits.
+// mount and network namespaces. Docker's default seccomp profile is not
+// applied yet: containers run without a seccomp filter. The container log
+// grows without bound; rotation is not done yet either.
+//
+// # Resource limits and OOM kills
+//
+// [Spec.Resources] become runc's cgroup settings (cgroupfs driver, cgroup
+// CgroupParent/ID in every hierarchy): a memory limit, with memory plus
+// swap capped at the same value where the kernel accounts swap per cgroup
+// (memory.memsw.* on v1, memory.swap.max on v2; without it the limit holds
+// for memory only and [New] logs a warning); a CPU limit as a CFS quota per
+// 100ms period; a pids limit. Create refuses a limit whose controller the
+// host does not mount, since runc would silently skip it.
+//
+// A container whose memory cgroup saw the kernel OOM killer has
+// [Status.OOMKilled] set, with [Status.MemoryLimit]; a killed init reads as
+// SIGKILL, exit code 137. The shim reads the counters after runc returns
+// and before `runc delete` removes the cgroup, which is why runc runs with
+// --keep: on cgroup v1 the oom_kill count in memory.oom_control (Linux 4.13
+// and later), on older kernels an init killed by SIGKILL after
+// memory.failcnt counted a refused charge with memory.max_usage_in_bytes at
+// the limit; on cgroup v2 the oom_kill count in memory.events. An OOM kill
+// in a container without a limit of its own means the host or a parent
+// cgroup ran out of memory.
 package container

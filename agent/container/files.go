@@ -14,10 +14,14 @@ import (
 
 // exitRecord is exit.json, written once by the shim when runc returns.
 type exitRecord struct {
-	Code       int       `json:"code"`
-	Signal     string    `json:"signal"`
-	StartedAt  time.Time `json:"started_at"`
-	FinishedAt time.Time `json:"finished_at"`
+	Code   int    `json:"code"`
+	Signal string `json:"signal"`
+	// OOMKilled and MemoryLimit are read from the container's memory
+	// cgroup before it is removed (see readOOM).
+	OOMKilled   bool      `json:"oom_killed,omitempty"`
+	MemoryLimit int64     `json:"memory_limit,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	FinishedAt  time.Time `json:"finished_at"`
 	// Error is set when runc never started the container's process; it
 	// holds runc's reason.
 	Error string `json:"error,omitempty"`

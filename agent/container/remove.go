@@ -51,8 +51,9 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 			return fmt.Errorf("remove container %s: %w", id, err)
 		}
 	}
-	// runc's state outlives the container only when runc itself died; the
-	// directory is runc's own record of it.
+	// runc's state outlives the container only when runc or the shim died
+	// before the shim's `runc delete`; the directory is runc's own record
+	// of it.
 	if _, err := os.Stat(filepath.Join(r.cfg.Root, id)); err == nil {
 		if err := r.runc.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil {
 			return fmt.Errorf("remove container %s: runc delete: %w", id, err)
@@ -141,6 +142,7 @@ func retryBusy(ctx context.Context, fn func() error) error {
 type mountInfo struct {
 	mountPoint string
 	fsType     string
+	superOpts  string // comma-separated; a cgroup v1 mount's controllers are among them
 }
 
 // readMountInfo parses /proc/self/mountinfo.
@@ -172,7 +174,11 @@ func parseMountInfo(b []byte) []mountInfo {
 		if sep < 0 || sep+1 >= len(f) {
 			continue
 		}
-		out = append(out, mountInfo{mountPoint: unescapeMountPath(f[4]), fsType: f[sep+1]})
+		m := mountInfo{mountPoint: unescapeMountPath(f[4]), fsType: f[sep+1]}
+		if sep+3 < len(f) {
+			m.superOpts = f[sep+3]
+		}
+		out = append(out, m)
 	}
 	return out
 }

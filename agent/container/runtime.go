@@ -111,6 +111,7 @@ type Runtime struct {
 	cfg   Config
 	runc  *runc.Runc
 	log   *slog.Logger
+	cg    cgroupHost
 	locks idLocks
 }
 
@@ -150,10 +151,20 @@ func New(cfg Config) (*Runtime, error) {
 		}
 		*d = abs
 	}
+	// A host whose cgroups cannot be read still runs containers without
+	// limits; Create refuses limits it cannot enforce.
+	cg, err := detectCgroupHost()
+	if err != nil {
+		cfg.Logger.Warn("cannot inspect the host's cgroups; resource limits will be refused", "err", err)
+	}
+	if cg.controllers["memory"] != "" && !cg.swapLimit {
+		cfg.Logger.Warn("the kernel does not account swap per cgroup; a container with a memory limit can still use swap")
+	}
 	return &Runtime{
 		cfg:   cfg,
 		runc:  &runc.Runc{Command: cfg.RuncBinary, Root: cfg.Root},
 		log:   cfg.Logger,
+		cg:    cg,
 		locks: idLocks{held: make(map[string]chan struct{})},
 	}, nil
 }
@@ -197,9 +208,15 @@ type Status struct {
 	// container, "" when it exited by itself. Inferred from ExitCode, so a
 	// process that calls exit(137) reads as killed by SIGKILL, as in
 	// Docker and the shell.
-	Signal     string
-	StartedAt  time.Time
-	FinishedAt time.Time
+	Signal string
+	// OOMKilled means the kernel OOM killer killed a process of the
+	// exited container: its init when Signal is SIGKILL, else another
+	// one. MemoryLimit is the container's memory limit in bytes (0 for
+	// none), so an OOM kill with a limit is the container exceeding it.
+	OOMKilled   bool
+	MemoryLimit int64
+	StartedAt   time.Time
+	FinishedAt  time.Time
 }
 
 func (r *Runtime) dir(id string) string { return filepath.Join(r.cfg.StateDir, id) }
@@ -246,6 +263,9 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	args := append([]string{}, r.cfg.ShimCommand[1:]...)
 	args = append(args, shimModeSpawn,
 		"--runc", r.cfg.RuncBinary, "--root", r.cfg.Root, "--dir", dir, "--id", id)
+	if cg := r.cg.memoryCgroup(r.cgroupPath(id)); cg != "" {
+		args = append(args, "--memory-cgroup", cg)
+	}
 	// Not tied to ctx: the first stage returns as soon as the shim runs,
 	// and killing it halfway could leave a shim nobody recorded.
 	cmd := exec.Command(r.cfg.ShimCommand[0], args...)
@@ -346,11 +366,13 @@ func exitedStatus(dir string) (st Status, ok bool, err error) {
 		return Status{}, false, err
 	}
 	return Status{
-		State:      StateExited,
-		ExitCode:   rec.Code,
-		Signal:     rec.Signal,
-		StartedAt:  rec.StartedAt,
-		FinishedAt: rec.FinishedAt,
+		State:       StateExited,
+		ExitCode:    rec.Code,
+		Signal:      rec.Signal,
+		OOMKilled:   rec.OOMKilled,
+		MemoryLimit: rec.MemoryLimit,
+		StartedAt:   rec.StartedAt,
+		FinishedAt:  rec.FinishedAt,
 	}, true, nil
 }
 

@@ -41,6 +41,9 @@ type shimOptions struct {
 	root string // runc --root
 	dir  string // the container's state directory, also its bundle
 	id   string // container id
+	// memoryCgroup is the container's memory cgroup directory, read for
+	// OOM kills once the container exits; "" when the host has none.
+	memoryCgroup string
 }
 
 // ShimMain runs the container shim with args (the arguments after
@@ -58,6 +61,7 @@ func ShimMain(args []string) int {
 	fs.StringVar(&o.root, "root", "", "runc root directory")
 	fs.StringVar(&o.dir, "dir", "", "container state and bundle directory")
 	fs.StringVar(&o.id, "id", "", "container id")
+	fs.StringVar(&o.memoryCgroup, "memory-cgroup", "", "the container's memory cgroup directory")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -122,7 +126,8 @@ func shimSpawn(args []string, o shimOptions) error {
 }
 
 // shimRun runs `runc run` in the foreground, stores the container's output
-// and records its exit status. It returns 0 when the exit was recorded.
+// and records its exit status, OOM kill included. It returns 0 when the
+// exit was recorded.
 func shimRun(o shimOptions) int {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if logf, err := os.OpenFile(filepath.Join(o.dir, shimLogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, filePerm); err == nil {
@@ -156,7 +161,8 @@ func shimRun(o shimOptions) int {
 }
 
 // runContainer runs runc and copies the container's output to log.jsonl
-// until both streams are drained and runc has exited.
+// until both streams are drained and runc has exited, then reads the
+// container's memory cgroup and deletes the container from runc.
 func runContainer(o shimOptions, log *slog.Logger) (exitRecord, error) {
 	out, err := os.OpenFile(filepath.Join(o.dir, logFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, filePerm)
 	if err != nil {
@@ -182,10 +188,12 @@ func runContainer(o shimOptions, log *slog.Logger) (exitRecord, error) {
 	}
 	defer stderrR.Close()
 
+	// --keep: runc leaves the exited container, cgroups included, for
+	// deleteContainer, so that its memory cgroup can be read first.
 	cmd := exec.Command(o.runc,
 		"--root", o.root,
 		"--log", filepath.Join(o.dir, runcLogFile), "--log-format", "json",
-		"run", "--bundle", o.dir, "--pid-file", filepath.Join(o.dir, initPidFile),
+		"run", "--keep", "--bundle", o.dir, "--pid-file", filepath.Join(o.dir, initPidFile),
 		o.id)
 	cmd.Dir = o.dir
 	// NOTIFY_SOCKET (set when shoald runs under systemd) would make runc
@@ -230,13 +238,36 @@ func runContainer(o shimOptions, log *slog.Logger) (exitRecord, error) {
 		// container may still run, orphaned. Kill it, so that exit.json
 		// stays true and nothing runs unaccounted for.
 		log.Warn("runc was killed; killing the container", "signal", ws.Signal())
-		del := exec.Command(o.runc, "--root", o.root, "delete", "--force", o.id)
-		if out, err := del.CombinedOutput(); err != nil {
-			log.Error("runc delete", "err", err, "output", string(out))
-		}
+		deleteContainer(o, log)
 		return exitFromCode(128 + int(syscall.SIGKILL)), nil
 	}
-	return exitFromCode(ws.ExitStatus()), nil
+	rec := exitFromCode(ws.ExitStatus())
+	if _, err := os.Stat(filepath.Join(o.dir, initPidFile)); err == nil && o.memoryCgroup != "" {
+		oom, err := readOOM(os.DirFS(o.memoryCgroup), rec.Signal == signalName(syscall.SIGKILL))
+		if err != nil {
+			log.Warn("read the container's memory cgroup; OOM kills go unreported", "cgroup", o.memoryCgroup, "err", err)
+		}
+		rec.OOMKilled, rec.MemoryLimit = oom.killed, oom.limit
+		if oom.killed {
+			log.Info("the OOM killer killed a process of the container", "memory_limit", oom.limit)
+		}
+	}
+	deleteContainer(o, log)
+	return rec, nil
+}
+
+// deleteContainer removes runc's record of the container and its cgroups
+// with `runc delete --force`, which also kills whatever still runs in
+// them. runc has no record when it failed before creating the container.
+func deleteContainer(o shimOptions, log *slog.Logger) {
+	if _, err := os.Stat(filepath.Join(o.root, o.id)); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	del := exec.Command(o.runc, "--root", o.root, "delete", "--force", o.id)
+	del.Dir = o.dir
+	if out, err := del.CombinedOutput(); err != nil {
+		log.Error("runc delete", "err", err, "output", string(out))
+	}
 }
 
 // runcError returns the last error runc logged, the reason it could not

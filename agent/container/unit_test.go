@@ -165,9 +165,9 @@ func TestParseMountInfo(t *testing.T) {
 		"99 26 0:50 / /run/with\\040space/rootfs rw - overlay overlay rw,lowerdir=/a\n" +
 		"garbage\n"
 	want := []mountInfo{
-		{mountPoint: "/", fsType: "ext4"},
-		{mountPoint: "/sys/fs/cgroup/cpu", fsType: "cgroup"},
-		{mountPoint: "/run/with space/rootfs", fsType: "overlay"},
+		{mountPoint: "/", fsType: "ext4", superOpts: "rw"},
+		{mountPoint: "/sys/fs/cgroup/cpu", fsType: "cgroup", superOpts: "rw,cpu"},
+		{mountPoint: "/run/with space/rootfs", fsType: "overlay", superOpts: "rw,lowerdir=/a"},
 	}
 	if got := parseMountInfo([]byte(in)); !slices.Equal(got, want) {
 		t.Errorf("parseMountInfo = %+v, want %+v", got, want)
@@ -231,10 +231,11 @@ func TestResolveUser(t *testing.T) {
 }
 
 func TestOCISpec(t *testing.T) {
-	rt := &Runtime{cfg: Config{CgroupParent: "/shoal"}}
+	rt := &Runtime{cfg: Config{CgroupParent: "/shoal"}, cg: cgroupHost{swapLimit: true}}
 	spec := Spec{
 		ID: "c1", Hostname: "h", Args: []string{"app"}, Env: []string{"PATH=/bin"},
 		NetNSPath: "/run/netns/x", Labels: map[string]string{"k": "v"}, Hosts: []byte{},
+		Resources: Resources{MemoryBytes: 64 << 20, PidsLimit: 20},
 	}
 	for _, tc := range []struct {
 		name     string
@@ -278,6 +279,10 @@ func TestOCISpec(t *testing.T) {
 			}
 			if slices.Contains(dsts, "/etc/resolv.conf") {
 				t.Errorf("mounts %q: resolv.conf mounted though ResolvConf is nil", dsts)
+			}
+			// The translation itself is TestLinuxResources'.
+			if got, want := describeResources(s.Linux.Resources), "{ memory limit 67108864 swap 67108864 pids 20 }"; got != want {
+				t.Errorf("resources = %s, want %s", got, want)
 			}
 			if !slices.Contains(s.Linux.MaskedPaths, "/proc/kcore") || !slices.Contains(s.Linux.ReadonlyPaths, "/proc/sys") {
 				t.Errorf("masked %q readonly %q", s.Linux.MaskedPaths, s.Linux.ReadonlyPaths)
