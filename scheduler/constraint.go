@@ -102,7 +102,8 @@ func (c Constraint) Matches(n *shoalpb.Node) bool {
 }
 
 // ConstraintFilter keeps nodes that meet every constraint of the task's
-// service.
+// service. Each constraint is a rule: a node is counted against the first
+// constraint it does not meet, so the reason names it.
 type ConstraintFilter struct {
 	constraints []Constraint
 }
@@ -123,16 +124,27 @@ func (f *ConstraintFilter) SetTask(t *shoalpb.Task) bool {
 }
 
 // Check implements Filter.
-func (f *ConstraintFilter) Check(n *NodeInfo) bool {
-	for _, c := range f.constraints {
+func (f *ConstraintFilter) Check(n *NodeInfo) bool { return f.FailedRule(n) < 0 }
+
+// FailedRule implements RuleFilter: the index of the first constraint n
+// does not meet.
+func (f *ConstraintFilter) FailedRule(n *NodeInfo) int {
+	for i, c := range f.constraints {
 		if !c.Matches(n.Node) {
-			return false
+			return i
 		}
 	}
-	return true
+	return -1
 }
 
-// Explain implements Filter.
+// ExplainRule implements RuleFilter: "constraint node.labels.zone==b not
+// met on 3 nodes".
+func (f *ConstraintFilter) ExplainRule(rule, nodes int) string {
+	return fmt.Sprintf("constraint %s not met on %s", f.constraints[rule], nodeCount(nodes))
+}
+
+// Explain implements Filter, for callers without the rule: it names every
+// constraint.
 func (f *ConstraintFilter) Explain(nodes int) string {
 	texts := make([]string, len(f.constraints))
 	for i, c := range f.constraints {

@@ -26,14 +26,46 @@ type Filter interface {
 	Explain(nodes int) string
 }
 
-// DefaultFilters returns the filters Schedule uses, cheapest and most
-// selective first: a node is counted against the first filter it fails, so
-// the order is also the order of the reasons in an explanation.
+// RuleFilter is a Filter made of several rules, such as the constraints or
+// the host ports of a task, whose explanation names the rule a node
+// failed: "constraint node.labels.zone==b not met on 3 nodes" rather than
+// all of the task's constraints. The Pipeline calls FailedRule instead of
+// Check and counts failures per rule.
+type RuleFilter interface {
+	Filter
+	// FailedRule returns the index of the first rule of the current task
+	// that n fails, or -1 when it passes them all: Check(n) is
+	// FailedRule(n) < 0.
+	FailedRule(n *NodeInfo) int
+	// ExplainRule says why nodes (at least 1) failed rule.
+	ExplainRule(rule, nodes int) string
+}
+
+// DefaultFilters returns the filters Schedule uses. A node is counted
+// against the first filter it fails, so the order is also the order of the
+// reasons in an explanation. The order is cheapest first:
+//
+//   - node state and availability: one field each, and they rule a node out
+//     for every task;
+//   - memory, then CPU: an integer comparison each, and what a busy
+//     cluster runs out of (memory first, the one services reserve most);
+//   - max replicas per node: one map lookup;
+//   - host ports: one map lookup per host-mode port of the task;
+//   - constraints last: a label lookup and string comparison per
+//     constraint.
+//
+// This puts resources before constraints in a reason, as in SwarmKit:
+// "no suitable node (insufficient memory on 2 nodes; constraint
+// node.labels.zone==b not met on 3 nodes)".
 func DefaultFilters() []Filter {
 	return []Filter{
 		&ReadyFilter{},
 		&DrainFilter{},
 		&PauseFilter{},
+		&ResourceFilter{Resource: Memory},
+		&ResourceFilter{Resource: CPU},
+		&MaxReplicasFilter{},
+		&HostPortFilter{},
 		&ConstraintFilter{},
 	}
 }
@@ -93,3 +125,27 @@ func (f *PauseFilter) Check(n *NodeInfo) bool {
 
 // Explain implements Filter.
 func (f *PauseFilter) Explain(nodes int) string { return plural(nodes, "paused") }
+
+// MaxReplicasFilter keeps nodes that run fewer tasks of the service than
+// its Placement.max_replicas, counting the tasks placed so far.
+type MaxReplicasFilter struct {
+	serviceID string
+	max       uint64
+}
+
+// SetTask implements Filter: it applies to services with a cap.
+func (f *MaxReplicasFilter) SetTask(t *shoalpb.Task) bool {
+	f.serviceID = t.GetServiceId()
+	f.max = t.GetSpec().GetPlacement().GetMaxReplicas()
+	return f.max > 0
+}
+
+// Check implements Filter.
+func (f *MaxReplicasFilter) Check(n *NodeInfo) bool {
+	return uint64(n.ServiceTasks(f.serviceID)) < f.max
+}
+
+// Explain implements Filter.
+func (f *MaxReplicasFilter) Explain(nodes int) string {
+	return fmt.Sprintf("max replicas per node (%d) reached on %s", f.max, nodeCount(nodes))
+}

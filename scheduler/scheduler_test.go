@@ -1,8 +1,8 @@
 package scheduler
 
 import (
-	"fmt"
 	"reflect"
+	"strconv"
 	"testing"
 
 	shoalpb "github.com/shoal-project/shoal/proto"
@@ -159,8 +159,8 @@ func TestScheduleDoesNotModifyInput(t *testing.T) {
 	}
 }
 
-// capacityFilter allows at most max active tasks per node: it stands for the
-// resource filters to come and shows a placement can use a node up.
+// capacityFilter allows at most max active tasks per node: a filter a
+// placement can use up.
 type capacityFilter struct{ max int }
 
 func (f *capacityFilter) SetTask(*shoalpb.Task) bool { return true }
@@ -173,32 +173,132 @@ func TestScheduleWithFilterUsedUpByBatch(t *testing.T) {
 	got := ScheduleWith(filters, nodes, []*shoalpb.Task{task("t1", "web"), task("t2", "web")})
 	want := []Result{
 		{TaskID: "t1", NodeID: "n1"},
-		{TaskID: "t2", Reason: "no suitable node (1 node full)"},
+		// n2 failed at once, n1 when t2 was about to use it: each
+		// counts once.
+		{TaskID: "t2", Reason: "no suitable node (2 nodes full)"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("ScheduleWith() = %v, want %v", got, want)
 	}
 }
 
-func BenchmarkSchedule(b *testing.B) {
-	const (
-		numNodes    = 1000
-		numTasks    = 10000
-		numServices = 100
-	)
-	nodes := make([]NodeInfo, numNodes)
-	for i := range nodes {
-		nodes[i] = ready(fmt.Sprintf("node%04d", i))
+// Helpers for the filter, spread and benchmark tests.
+
+const (
+	gib  = 1 << 30
+	nano = 1e9 // nano CPUs in a CPU
+)
+
+// withResources describes the node's resources.
+func withResources(n NodeInfo, nanoCPUs, memoryBytes int64) NodeInfo {
+	if n.Node.Description == nil {
+		n.Node.Description = &shoalpb.NodeDescription{}
 	}
-	tasks := make([]*shoalpb.Task, numTasks)
-	for i := range tasks {
-		tasks[i] = task(fmt.Sprintf("task%05d", i), fmt.Sprintf("svc%03d", i%numServices))
+	n.Node.Description.Resources = &shoalpb.Resources{NanoCpus: nanoCPUs, MemoryBytes: memoryBytes}
+	return n
+}
+
+// withLabels sets the node's labels.
+func withLabels(n NodeInfo, labels map[string]string) NodeInfo {
+	n.Node.Spec.Labels = labels
+	return n
+}
+
+// specOpt sets part of a task's service spec.
+type specOpt func(*shoalpb.ServiceSpec)
+
+func placement(s *shoalpb.ServiceSpec) *shoalpb.Placement {
+	if s.Placement == nil {
+		s.Placement = &shoalpb.Placement{}
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		res := Schedule(nodes, tasks)
-		if res[len(res)-1].NodeID == "" {
-			b.Fatal("last task not placed")
+	return s.Placement
+}
+
+func reserve(nanoCPUs, memoryBytes int64) specOpt {
+	return func(s *shoalpb.ServiceSpec) {
+		s.Container = &shoalpb.ContainerSpec{Resources: &shoalpb.ResourceRequirements{
+			Reservations: &shoalpb.Resources{NanoCpus: nanoCPUs, MemoryBytes: memoryBytes},
+		}}
+	}
+}
+
+func constraints(cs ...string) specOpt {
+	return func(s *shoalpb.ServiceSpec) { placement(s).Constraints = cs }
+}
+
+func spread(keys ...string) specOpt {
+	return func(s *shoalpb.ServiceSpec) {
+		for _, k := range keys {
+			placement(s).Preferences = append(placement(s).Preferences, &shoalpb.PlacementPreference{Spread: k})
 		}
+	}
+}
+
+func maxPerNode(n uint64) specOpt {
+	return func(s *shoalpb.ServiceSpec) { placement(s).MaxReplicas = n }
+}
+
+func ports(ps ...*shoalpb.PortConfig) specOpt {
+	return func(s *shoalpb.ServiceSpec) { s.Endpoint = &shoalpb.EndpointSpec{Ports: ps} }
+}
+
+func hostPortConfig(port uint32, proto shoalpb.PortConfig_Protocol) *shoalpb.PortConfig {
+	return &shoalpb.PortConfig{Protocol: proto, TargetPort: 80, PublishedPort: port, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}
+}
+
+func hostTCP(port uint32) *shoalpb.PortConfig {
+	return hostPortConfig(port, shoalpb.PortConfig_PROTOCOL_TCP)
+}
+
+// specTask returns a task of service with a spec made by opts.
+func specTask(id, service string, opts ...specOpt) *shoalpb.Task {
+	t := task(id, service)
+	t.Spec = &shoalpb.ServiceSpec{Name: service}
+	for _, o := range opts {
+		o(t.Spec)
+	}
+	return t
+}
+
+// replicas returns n tasks of service, "<service>1" to "<service>N", with
+// one spec made by opts.
+func replicas(service string, n int, opts ...specOpt) []*shoalpb.Task {
+	tasks := make([]*shoalpb.Task, n)
+	for i := range tasks {
+		tasks[i] = specTask(service+strconv.Itoa(i+1), service, opts...)
+	}
+	return tasks
+}
+
+// outcomes returns, per result, the chosen node or the reason none fits.
+func outcomes(results []Result) []string {
+	out := make([]string, len(results))
+	for i, r := range results {
+		out[i] = r.NodeID
+		if r.NodeID == "" {
+			out[i] = r.Reason
+		}
+	}
+	return out
+}
+
+// scheduleCase is a table entry of the filter and spread tests: nodes,
+// tasks (placed in one call) and, per task, the node or the reason.
+type scheduleCase struct {
+	name  string
+	nodes []NodeInfo
+	tasks []*shoalpb.Task
+	want  []string
+}
+
+func runScheduleCases(t *testing.T, tests []scheduleCase) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := outcomes(Schedule(tc.nodes, tc.tasks))
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Schedule() =\n%q\nwant\n%q", got, tc.want)
+			}
+		})
 	}
 }

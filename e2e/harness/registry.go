@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"golang.org/x/sys/unix"
@@ -178,7 +180,10 @@ func (c *Cluster) PushImage(archive, ref string) string {
 	}
 	img, err := tarball.ImageFromPath(archive, nil)
 	if err != nil {
-		c.T.Fatalf("push %s: read archive %s: %v", ref, archive, err)
+		img, err = ociArchiveImage(c.T.TempDir(), archive)
+	}
+	if err != nil {
+		c.T.Fatalf("push %s: read archive %s (docker-save or OCI layout): %v", ref, archive, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pushTimeout)
 	defer cancel()
@@ -189,6 +194,27 @@ func (c *Cluster) PushImage(archive, ref string) string {
 		c.T.Fatalf("push %s to %s: %v\nregistry log:\n%s", archive, full, err, c.RegistryLog())
 	}
 	return dst.String()
+}
+
+// ociArchiveImage unpacks an OCI layout tar (such as busybox.oci.tar) into
+// dir and returns its one image.
+func ociArchiveImage(dir, archive string) (v1.Image, error) {
+	out, err := exec.Command("tar", "-xf", archive, "-C", dir).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("unpack: %w: %s", err, out)
+	}
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Manifests) != 1 {
+		return nil, fmt.Errorf("OCI layout holds %d manifests, want 1", len(m.Manifests))
+	}
+	return idx.Image(m.Manifests[0].Digest)
 }
 
 // netnsDialer returns a DialContext that opens each connection from inside

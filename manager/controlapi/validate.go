@@ -60,7 +60,7 @@ func normalizeSpec(spec *shoalpb.ServiceSpec) error {
 		}
 	}
 	for i, p := range spec.GetPlacement().GetPreferences() {
-		if err := validSpreadKey(p.GetSpread()); err != nil {
+		if err := scheduler.ValidateSpread(p.GetSpread()); err != nil {
 			return invalid(fmt.Sprintf("placement.preferences[%d]", i), "%v", err)
 		}
 	}
@@ -172,16 +172,6 @@ func randomSuffix(n int) string {
 // the container's first process cannot even start (Docker refuses below
 // 6 MiB for the same reason).
 const MinMemoryLimit = 6 << 20
-
-// validSpreadKey checks a spread preference's label key.
-func validSpreadKey(key string) error {
-	for _, p := range []string{"node.labels.", "engine.labels."} {
-		if name, ok := strings.CutPrefix(key, p); ok && name != "" {
-			return nil
-		}
-	}
-	return fmt.Errorf("spread %q: expected node.labels.NAME or engine.labels.NAME", key)
-}
 
 // validateRestartPolicy checks durations and the condition.
 func validateRestartPolicy(p *shoalpb.RestartPolicy) error {

@@ -2,7 +2,9 @@
 // scheduler package from the store (the nodes, the tasks active on each, the
 // tasks waiting) and writes its answers back: ASSIGNED with the node, or
 // still PENDING with the reason no node fits in the status message, so
-// `shoal service ps` says why a task waits.
+// `shoal service ps` says why a task waits. It also tells the scheduler
+// where each service failed recently (RecentFailureWindow), so that
+// replacements try other nodes first.
 //
 // Placement runs on the leader only. Passes are debounced: a burst of
 // changes (a service scaled to 100, a node flapping) costs one pass.
@@ -38,6 +40,16 @@ const (
 	// retryDelay is how long to wait after a failed write (lost leadership,
 	// proposal timeout) before the next pass.
 	retryDelay = time.Second
+	// RecentFailureWindow is how long a task of a service that failed or
+	// was rejected on a node makes that node rank last for the service
+	// (scheduler.NodeInfo.RecentFailures). Long enough to span a restart
+	// loop, so replacements try other nodes instead of the one where the
+	// task keeps failing (a missing image or volume, a port taken outside
+	// Shoal); short enough that a node the operator fixed is used again
+	// soon without anyone clearing anything. SwarmKit uses the same 5
+	// minutes. Measured from the failed status's timestamp, so the skew
+	// between the agent's clock and the manager's shifts it a little.
+	RecentFailureWindow = 5 * time.Minute
 )
 
 // Placer assigns pending tasks to nodes. Create it with New, run it with
@@ -147,7 +159,8 @@ func active(t *shoalpb.Task) bool {
 // store, then write the results.
 func (p *Placer) place(ctx context.Context) error {
 	var results []scheduler.Result
-	p.store.View(func(tx store.ReadTx) { results = plan(tx) })
+	now := p.now()
+	p.store.View(func(tx store.ReadTx) { results = plan(tx, now) })
 	p.waiting = 0
 	for _, r := range results {
 		if r.NodeID == "" {
@@ -165,8 +178,12 @@ func (p *Placer) place(ctx context.Context) error {
 }
 
 // plan schedules the pending tasks of tx. Tasks that already name their
-// node (global services) are checked against that node only.
-func plan(tx store.ReadTx) []scheduler.Result {
+// node (global services) are placed first, each checked against its node
+// only: they can run nowhere else, while the other tasks can go around
+// them. Then the other tasks, oldest first, over all nodes, with the
+// first ones' reservations and ports taken. now tells which failures are
+// recent.
+func plan(tx store.ReadTx, now time.Time) []scheduler.Result {
 	nodes := tx.ListNodes()
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].GetId() < nodes[j].GetId() })
 	infos := make([]scheduler.NodeInfo, len(nodes))
@@ -184,6 +201,13 @@ func plan(tx store.ReadTx) []scheduler.Result {
 			if i, ok := byID[t.GetNodeId()]; ok {
 				infos[i].Tasks[t.GetId()] = t
 			}
+		case failedSince(t, now.Add(-RecentFailureWindow)):
+			if i, ok := byID[t.GetNodeId()]; ok {
+				if infos[i].RecentFailures == nil {
+					infos[i].RecentFailures = make(map[string]int)
+				}
+				infos[i].RecentFailures[t.GetServiceId()]++
+			}
 		case !pending(t):
 		case t.GetNodeId() != "":
 			preset[t.GetNodeId()] = append(preset[t.GetNodeId()], t)
@@ -191,10 +215,8 @@ func plan(tx store.ReadTx) []scheduler.Result {
 			free = append(free, t)
 		}
 	}
-	// Oldest first, so the tasks waiting longest are placed first.
-	sortOldestFirst(free)
 
-	results := scheduler.Schedule(infos, free)
+	var results []scheduler.Result
 	nodeIDs := make([]string, 0, len(preset))
 	for id := range preset {
 		nodeIDs = append(nodeIDs, id)
@@ -210,9 +232,28 @@ func plan(tx store.ReadTx) []scheduler.Result {
 			}
 			continue
 		}
-		results = append(results, scheduler.Schedule(infos[i:i+1], tasks)...)
+		placed := scheduler.Schedule(infos[i:i+1], tasks)
+		for j, r := range placed {
+			if r.NodeID != "" {
+				infos[i].Tasks[r.TaskID] = tasks[j]
+			}
+		}
+		results = append(results, placed...)
 	}
-	return results
+
+	// Oldest first, so the tasks waiting longest are placed first.
+	sortOldestFirst(free)
+	return append(results, scheduler.Schedule(infos, free)...)
+}
+
+// failedSince reports whether t failed or was rejected on a node at or
+// after since.
+func failedSince(t *shoalpb.Task, since time.Time) bool {
+	s := t.GetStatus()
+	if t.GetNodeId() == "" || (s.GetState() != shoalpb.TaskState_TASK_STATE_FAILED && s.GetState() != shoalpb.TaskState_TASK_STATE_REJECTED) {
+		return false
+	}
+	return s.GetTimestamp() != nil && !s.GetTimestamp().AsTime().Before(since)
 }
 
 func sortOldestFirst(tasks []*shoalpb.Task) {

@@ -10,6 +10,7 @@ import (
 	"github.com/shoal-project/shoal/manager/store"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // waitTimeout bounds every wait so a broken placer fails the test instead
@@ -37,14 +38,19 @@ func newHarness(t *testing.T) *harness {
 	return &harness{t: t, s: s}
 }
 
+// t0 is the placers' clock in tests: recent failures are relative to it.
+var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+
 // start runs a placer until the test ends.
 func (h *harness) start() {
 	ctx, cancel := context.WithCancel(context.Background())
+	p := New(h.s, nil)
+	p.now = func() time.Time { return t0 }
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := New(h.s, nil).Run(ctx); err != nil {
+		if err := p.Run(ctx); err != nil {
 			h.t.Errorf("Run: %v", err)
 		}
 	}()
@@ -76,6 +82,33 @@ func task(id, svc, nodeID string, state shoalpb.TaskState) *shoalpb.Task {
 		Status:       &shoalpb.TaskStatus{State: state},
 	}
 }
+
+// finished returns a task of svc that ended in state on node, ago before
+// t0.
+func finished(id, svc, nodeID string, state shoalpb.TaskState, ago time.Duration) *shoalpb.Task {
+	t := task(id, svc, nodeID, state)
+	t.Status.Timestamp = timestamppb.New(t0.Add(-ago))
+	return t
+}
+
+// reserving sets the memory t reserves.
+func reserving(t *shoalpb.Task, memoryBytes int64) *shoalpb.Task {
+	if t.Spec == nil {
+		t.Spec = &shoalpb.ServiceSpec{}
+	}
+	t.Spec.Container = &shoalpb.ContainerSpec{Resources: &shoalpb.ResourceRequirements{
+		Reservations: &shoalpb.Resources{MemoryBytes: memoryBytes},
+	}}
+	return t
+}
+
+// withMemory describes the node's memory.
+func withMemory(n *shoalpb.Node, memoryBytes int64) *shoalpb.Node {
+	n.Description = &shoalpb.NodeDescription{Resources: &shoalpb.Resources{NanoCpus: 4e9, MemoryBytes: memoryBytes}}
+	return n
+}
+
+const gib = 1 << 30
 
 func (h *harness) create(nodes []*shoalpb.Node, tasks []*shoalpb.Task) {
 	h.t.Helper()
@@ -163,6 +196,47 @@ func TestPlacement(t *testing.T) {
 			want:  map[string]string{"t1": "n3", "t2": "n3"},
 		},
 		{
+			// n1 sorts first, but web failed there a minute ago.
+			name:  "a node where the service failed recently comes last",
+			nodes: []*shoalpb.Node{node("n1", up, avActive), node("n2", up, avActive)},
+			tasks: []*shoalpb.Task{
+				finished("f1", "web", "n1", shoalpb.TaskState_TASK_STATE_FAILED, time.Minute),
+				task("t1", "web", "", stPending),
+			},
+			want: map[string]string{"t1": "n2"},
+		},
+		{
+			name:  "rejected counts as failed",
+			nodes: []*shoalpb.Node{node("n1", up, avActive), node("n2", up, avActive)},
+			tasks: []*shoalpb.Task{
+				finished("f1", "web", "n1", shoalpb.TaskState_TASK_STATE_REJECTED, time.Minute),
+				task("t1", "web", "", stPending),
+			},
+			want: map[string]string{"t1": "n2"},
+		},
+		{
+			name:  "old failures, other services' failures and other ends do not count",
+			nodes: []*shoalpb.Node{node("n1", up, avActive), node("n2", up, avActive)},
+			tasks: []*shoalpb.Task{
+				finished("f1", "web", "n1", shoalpb.TaskState_TASK_STATE_FAILED, RecentFailureWindow+time.Second),
+				finished("f2", "db", "n1", shoalpb.TaskState_TASK_STATE_FAILED, time.Minute),
+				finished("f3", "web", "n1", shoalpb.TaskState_TASK_STATE_COMPLETE, time.Minute),
+				finished("f4", "web", "n1", shoalpb.TaskState_TASK_STATE_SHUTDOWN, time.Minute),
+				task("t1", "web", "", stPending),
+			},
+			want: map[string]string{"t1": "n1"},
+		},
+		{
+			name:  "reservations of running tasks count",
+			nodes: []*shoalpb.Node{withMemory(node("n1", up, avActive), 2*gib), withMemory(node("n2", up, avActive), 2*gib)},
+			tasks: []*shoalpb.Task{
+				reserving(task("r1", "db", "n1", stRunning), 2*gib),
+				task("r2", "cache", "n2", stRunning), task("r3", "cache", "n2", stRunning),
+				reserving(task("t1", "web", "", stPending), 1*gib),
+			},
+			want: map[string]string{"t1": "n2"},
+		},
+		{
 			name:  "task naming its node goes there",
 			nodes: []*shoalpb.Node{node("n1", up, avActive), node("n2", up, avActive)},
 			tasks: []*shoalpb.Task{task("g1", "agent", "n2", stPending)},
@@ -244,5 +318,68 @@ func TestNotPendingTasksLeftAlone(t *testing.T) {
 		if got := h.get(id); got.GetNodeId() != "" || got.GetStatus().GetState() == stAssigned {
 			t.Errorf("task %s assigned to %q though not pending for a node", id, got.GetNodeId())
 		}
+	}
+}
+
+// A task of a global service (naming its node) is placed before the others:
+// it can run nowhere else, and its reservation is taken before theirs.
+func TestTasksNamingTheirNodePlacedFirst(t *testing.T) {
+	h := newHarness(t)
+	h.create([]*shoalpb.Node{withMemory(node("n1", up, avActive), 1*gib)}, nil)
+	h.start()
+	older := reserving(task("t1", "web", "", stPending), 1*gib)
+	older.Meta = &shoalpb.Meta{CreatedAt: timestamppb.New(t0.Add(-time.Hour))}
+	h.create(nil, []*shoalpb.Task{older, reserving(task("g1", "agent", "n1", stPending), 1*gib)})
+	if got := h.waitTask("g1", isAssigned); got.GetNodeId() != "n1" {
+		t.Errorf("g1 assigned to %q, want n1", got.GetNodeId())
+	}
+	h.waitTask("t1", hasMessage("no suitable node (insufficient memory on 1 node)"))
+}
+
+// A waiting task is placed as soon as a node fits: when the node describes
+// enough memory, then gets the label its constraint asks for.
+func TestWaitingTaskPlacedWhenNodeFits(t *testing.T) {
+	h := newHarness(t)
+	h.create([]*shoalpb.Node{node("n1", up, avActive)}, nil)
+	h.start()
+	waiting := reserving(task("t1", "web", "", stPending), 1*gib)
+	waiting.Spec.Placement = &shoalpb.Placement{Constraints: []string{"node.labels.zone==a"}}
+	h.create(nil, []*shoalpb.Task{waiting})
+	h.waitTask("t1", hasMessage("no suitable node (insufficient memory on 1 node)"))
+
+	updateNode := func(fn func(*shoalpb.Node)) {
+		h.update(func(tx store.ReadTx, b *store.Batch) error {
+			n := proto.Clone(tx.GetNode("n1")).(*shoalpb.Node)
+			fn(n)
+			b.UpdateNode(n)
+			return nil
+		})
+	}
+	updateNode(func(n *shoalpb.Node) { withMemory(n, 2*gib) })
+	h.waitTask("t1", hasMessage("no suitable node (constraint node.labels.zone==a not met on 1 node)"))
+	updateNode(func(n *shoalpb.Node) { n.Spec.Labels = map[string]string{"zone": "a"} })
+	if got := h.waitTask("t1", isAssigned); got.GetNodeId() != "n1" {
+		t.Errorf("task assigned to %q, want n1", got.GetNodeId())
+	}
+}
+
+// A waiting task is placed as soon as a task that held the memory it needs
+// ends.
+func TestWaitingTaskPlacedWhenMemoryFreed(t *testing.T) {
+	h := newHarness(t)
+	h.create([]*shoalpb.Node{withMemory(node("n1", up, avActive), 2*gib)},
+		[]*shoalpb.Task{reserving(task("r1", "db", "n1", stRunning), 2*gib)})
+	h.start()
+	h.create(nil, []*shoalpb.Task{reserving(task("t1", "web", "", stPending), 1*gib)})
+	h.waitTask("t1", hasMessage("no suitable node (insufficient memory on 1 node)"))
+
+	h.update(func(tx store.ReadTx, b *store.Batch) error {
+		r := proto.Clone(tx.GetTask("r1")).(*shoalpb.Task)
+		r.Status.State = shoalpb.TaskState_TASK_STATE_COMPLETE
+		b.UpdateTask(r)
+		return nil
+	})
+	if got := h.waitTask("t1", isAssigned); got.GetNodeId() != "n1" {
+		t.Errorf("task assigned to %q, want n1", got.GetNodeId())
 	}
 }
