@@ -20,6 +20,7 @@ type fakeExecutor struct {
 	containers map[string]*fakeContainer
 	calls      []string
 	prepareErr error
+	adoptErr   error
 }
 
 type fakeContainer struct {
@@ -73,6 +74,13 @@ func (f *fakeExecutor) Start(_ context.Context, t *shoalpb.Task) error {
 	c.status.State = ContainerRunning
 	c.status.Pid = 42
 	return nil
+}
+
+func (f *fakeExecutor) Adopt(_ context.Context, t *shoalpb.Task) error {
+	f.record("adopt " + t.GetId())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.adoptErr
 }
 
 func (f *fakeExecutor) Inspect(_ context.Context, id string) (ContainerStatus, error) {
@@ -237,7 +245,7 @@ func TestTaskRunnerLifecycle(t *testing.T) {
 			},
 			wantState: shoalpb.TaskState_TASK_STATE_FAILED,
 			wantErr:   true,
-			wantCalls: map[string]int{"prepare t1": 1, "start t1": 1},
+			wantCalls: map[string]int{"prepare t1": 1, "start t1": 1, "adopt t1": 0},
 		},
 		{
 			name: "exit 0 completes",
@@ -272,7 +280,18 @@ func TestTaskRunnerLifecycle(t *testing.T) {
 			},
 			task:      newTask("t5", running, running),
 			wantState: running,
-			wantCalls: map[string]int{"prepare t5": 0, "start t5": 0},
+			wantCalls: map[string]int{"prepare t5": 0, "start t5": 0, "adopt t5": 1},
+		},
+		{
+			name: "an adopted container whose ports cannot be published again fails",
+			setup: func(f *fakeExecutor) {
+				f.containers["t8"] = &fakeContainer{status: ContainerStatus{State: ContainerRunning, Pid: 7}, exit: make(chan ContainerStatus, 1)}
+				f.adoptErr = errors.New("publish ports: write nftables table: permission denied")
+			},
+			task:      newTask("t8", running, running),
+			wantState: shoalpb.TaskState_TASK_STATE_FAILED,
+			wantErr:   true,
+			wantCalls: map[string]int{"adopt t8": 1, "start t8": 0},
 		},
 		{
 			name:      "a running task whose container vanished fails",

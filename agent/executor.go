@@ -15,17 +15,24 @@ type Executor interface {
 	// Prepare readies everything the task's container needs (image,
 	// network endpoint, bundle) and returns the container's addresses.
 	Prepare(ctx context.Context, t *shoalpb.Task) (addresses []string, err error)
-	// Start starts the prepared container.
+	// Start starts the prepared container and publishes the task's
+	// host-mode ports.
 	Start(ctx context.Context, t *shoalpb.Task) error
+	// Adopt takes over the running container of t that an earlier daemon
+	// process started: it restores what only that process kept, such as
+	// the task's published ports.
+	Adopt(ctx context.Context, t *shoalpb.Task) error
 	// Inspect reports what exists for the task on this host, including
 	// containers started by an earlier daemon process.
 	Inspect(ctx context.Context, taskID string) (ContainerStatus, error)
-	// Wait blocks until the container exits.
+	// Wait blocks until the container exits, then withdraws the task's
+	// published ports.
 	Wait(ctx context.Context, taskID string) (ContainerStatus, error)
-	// Stop stops the container gracefully: its stop signal, then SIGKILL
-	// after the grace period.
+	// Stop withdraws the task's published ports and stops the container
+	// gracefully: its stop signal, then SIGKILL after the grace period.
 	Stop(ctx context.Context, t *shoalpb.Task) (ContainerStatus, error)
-	// Remove deletes every trace of the task's container on this host.
+	// Remove deletes every trace of the task's container on this host,
+	// its published ports included.
 	Remove(ctx context.Context, taskID string) error
 	// List returns the ids of the tasks that have containers on this host.
 	List(ctx context.Context) ([]string, error)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,13 +28,19 @@ const hostnameLen = 12
 
 // RuncExecutor runs tasks as runc containers with images from the host's
 // image store, each in its own network namespace on the node-local bridge
-// and in cgroups that enforce the task's resource limits.
+// and in cgroups that enforce the task's resource limits. A task's
+// host-mode ports are published (Network's port table) while its container
+// runs: from just before it starts, or from its adoption by a restarted
+// daemon, until it stops or exits.
 type RuncExecutor struct {
 	Images  *image.Store
 	Runtime *container.Runtime
 	Network *bridge.Driver
 	NodeID  string
 	Logger  *slog.Logger
+
+	portsOnce sync.Once
+	ports     *portPublisher // made on first use from Network.Ports()
 }
 
 var _ Executor = (*RuncExecutor)(nil)
@@ -103,9 +110,70 @@ func (e *RuncExecutor) Prepare(ctx context.Context, t *shoalpb.Task) ([]string, 
 	return []string{ep.Address.String()}, nil
 }
 
-// Start implements Executor.
+// Start implements Executor: the task's ports are published first, so the
+// container's first answer can already go through them, and withdrawn
+// again if the container does not start. A host port some process of the
+// host is bound to fails the start rather than shadow that process.
 func (e *RuncExecutor) Start(ctx context.Context, t *shoalpb.Task) error {
-	return e.Runtime.Start(ctx, t.GetId())
+	if err := e.publishPorts(ctx, t, true); err != nil {
+		return err
+	}
+	if err := e.Runtime.Start(ctx, t.GetId()); err != nil {
+		if perr := e.publisher().unpublish(ctx, t.GetId()); perr != nil {
+			e.Logger.Warn("withdraw published ports", "task", t.GetId(), "err", perr)
+		}
+		return err
+	}
+	return nil
+}
+
+// Adopt implements Executor: it publishes the task's ports again, which
+// only the daemon process that started the container knew of.
+func (e *RuncExecutor) Adopt(ctx context.Context, t *shoalpb.Task) error {
+	return e.publishPorts(ctx, t, false)
+}
+
+func (e *RuncExecutor) publisher() *portPublisher {
+	e.portsOnce.Do(func() { e.ports = newPortPublisher(e.Network.Ports(), e.Logger) })
+	return e.ports
+}
+
+// publishPorts publishes t's host-mode ports on its container's address,
+// after checking that no socket of the host holds them when checkFree.
+func (e *RuncExecutor) publishPorts(ctx context.Context, t *shoalpb.Task, checkFree bool) error {
+	if len(t.GetSpec().GetEndpoint().GetPorts()) == 0 {
+		return nil
+	}
+	ep, err := e.Network.Lookup(t.GetId())
+	if err != nil {
+		return fmt.Errorf("publish ports: %w", err)
+	}
+	ms, skipped := hostMappings(t, ep.Address.Addr())
+	for _, pc := range skipped {
+		e.Logger.Warn("port not published: only host mode with a published port is supported so far",
+			"task", t.GetId(), "port", portString(pc))
+	}
+	if checkFree {
+		if err := e.Network.Ports().CheckFree(ctx, ms); err != nil {
+			return fmt.Errorf("publish ports: %w", err)
+		}
+	}
+	if err := e.publisher().publish(ctx, t.GetId(), ms); err != nil {
+		return fmt.Errorf("publish ports: %w", err)
+	}
+	if len(ms) > 0 {
+		e.Logger.Info("published ports", "task", t.GetId(), "mappings", ms)
+	}
+	return nil
+}
+
+// unpublishPorts withdraws the task's ports. A failure is logged, not
+// returned: the container stopped either way, and the next write of the
+// port table (Remove's at the latest) retries.
+func (e *RuncExecutor) unpublishPorts(ctx context.Context, id string) {
+	if err := e.publisher().unpublish(ctx, id); err != nil && ctx.Err() == nil {
+		e.Logger.Warn("withdraw published ports", "task", id, "err", err)
+	}
 }
 
 // Inspect implements Executor.
@@ -123,6 +191,7 @@ func (e *RuncExecutor) Wait(ctx context.Context, id string) (ContainerStatus, er
 	if err != nil {
 		return ContainerStatus{}, err
 	}
+	e.unpublishPorts(ctx, id)
 	return convertStatus(st), nil
 }
 
@@ -148,6 +217,9 @@ func (e *RuncExecutor) Stop(ctx context.Context, t *shoalpb.Task) (ContainerStat
 	if g := cs.GetStopGracePeriod(); g != nil {
 		grace = g.AsDuration()
 	}
+	// New connections stop first; established ones keep their conntrack
+	// entry and finish during the grace period.
+	e.unpublishPorts(ctx, t.GetId())
 	st, err := e.Runtime.Stop(ctx, t.GetId(), sig, grace)
 	if err != nil {
 		return ContainerStatus{}, err
@@ -155,8 +227,13 @@ func (e *RuncExecutor) Stop(ctx context.Context, t *shoalpb.Task) (ContainerStat
 	return convertStatus(st), nil
 }
 
-// Remove implements Executor: container, rootfs and network endpoint.
+// Remove implements Executor: published ports, container, rootfs and
+// network endpoint. The ports go first and must go: a mapping must never
+// outlive its address, which the bridge hands to a later container.
 func (e *RuncExecutor) Remove(ctx context.Context, id string) error {
+	if err := e.publisher().unpublish(ctx, id); err != nil {
+		return fmt.Errorf("withdraw published ports of %s: %w", id, err)
+	}
 	if err := e.Runtime.Remove(ctx, id); err != nil {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}

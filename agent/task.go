@@ -131,6 +131,12 @@ func (r *taskRunner) bringUp(ctx context.Context) error {
 	}
 	switch cs.State {
 	case ContainerRunning:
+		if err := r.exec.Adopt(ctx, t); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return r.fail(shoalpb.TaskState_TASK_STATE_FAILED, fmt.Errorf("adopt running container: %w", err))
+		}
 		r.setStatus(shoalpb.TaskState_TASK_STATE_RUNNING, "started", func(s *shoalpb.TaskStatus) {
 			s.Pid = int32(cs.Pid)
 			s.ContainerId = t.GetId()

@@ -300,7 +300,11 @@ func TestServiceLsAndNodeLs(t *testing.T) {
 		nodeID: "node-b-id",
 		services: []*shoalpb.Service{{Id: "svc0123456789abcdef", Spec: &shoalpb.ServiceSpec{Name: "web",
 			Container: &shoalpb.ContainerSpec{Image: "shoal/web:1"},
-			Mode:      &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 3}}}}},
+			Endpoint: &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{
+				{PublishedPort: 8080, TargetPort: 80, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST},
+				{PublishedPort: 5353, TargetPort: 53, Protocol: shoalpb.PortConfig_PROTOCOL_UDP, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST},
+			}},
+			Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 3}}}}},
 		tasks: []*shoalpb.Task{
 			webTask("t1", 1, stRunning, stRunning, now, ""),
 			webTask("t2", 2, stRunning, stRunning, now, ""),
@@ -326,7 +330,8 @@ func TestServiceLsAndNodeLs(t *testing.T) {
 		{
 			name: "service ls counts running tasks of current slots",
 			args: []string{"service", "ls"},
-			want: [][]string{{"ID", "NAME", "MODE", "REPLICAS", "IMAGE"}, {"svc012345678", "web", "replicated", "2/3", "shoal/web:1"}},
+			want: [][]string{{"ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"},
+				{"svc012345678", "web", "replicated", "2/3", "shoal/web:1", "host:8080->80/tcp,host:5353->53/udp"}},
 		},
 		{name: "service ls quiet", args: []string{"service", "ls", "-q"}, want: [][]string{{"svc0123456789abcdef"}}},
 		{

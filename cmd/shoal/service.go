@@ -39,7 +39,9 @@ func newServiceLsCmd(a *app) *cobra.Command {
 		Short:   "List services",
 		Long: `List the cluster's services. REPLICAS is running/desired: tasks that are
 running out of those that should be (for a global service, one per
-eligible node).`,
+eligible node). PORTS are the published ports, PUBLISHED->TARGET/PROTOCOL:
+"host:" for a port published on each host that runs a task, "*:" for one
+published on every node.`,
 		Example: `  shoal service ls
   shoal service ls -q
   shoal service ls --format json`,
@@ -77,11 +79,12 @@ eligible node).`,
 				byService[t.GetServiceId()] = append(byService[t.GetServiceId()], t)
 			}
 			w := newTable(a.stdout)
-			row(w, "ID", "NAME", "MODE", "REPLICAS", "IMAGE")
+			row(w, "ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS")
 			for _, s := range svcs {
 				p := progressOf(s, byService[s.GetId()])
 				row(w, shortID(s.GetId()), s.GetSpec().GetName(), serviceMode(s.GetSpec()),
-					fmt.Sprintf("%d/%d", p.running, p.desired), s.GetSpec().GetContainer().GetImage())
+					fmt.Sprintf("%d/%d", p.running, p.desired), s.GetSpec().GetContainer().GetImage(),
+					formatPorts(s.GetSpec()))
 			}
 			return w.Flush()
 		},
@@ -404,6 +407,29 @@ func serviceMode(spec *shoalpb.ServiceSpec) string {
 		return modeGlobal
 	}
 	return modeReplicated
+}
+
+// formatPorts writes a service's published ports for a table, comma
+// separated: "host:8080->80/tcp" for a host-mode port, "*:8080->80/tcp" for
+// an ingress one.
+func formatPorts(spec *shoalpb.ServiceSpec) string {
+	var out []string
+	for _, p := range spec.GetEndpoint().GetPorts() {
+		where := "*"
+		if p.GetPublishMode() == shoalpb.PortConfig_PUBLISH_MODE_HOST {
+			where = "host"
+		}
+		out = append(out, fmt.Sprintf("%s:%d->%d/%s", where, p.GetPublishedPort(), p.GetTargetPort(), protocolName(p.GetProtocol())))
+	}
+	return strings.Join(out, ",")
+}
+
+// protocolName is "tcp" or "udp".
+func protocolName(p shoalpb.PortConfig_Protocol) string {
+	if p == shoalpb.PortConfig_PROTOCOL_UDP {
+		return "udp"
+	}
+	return "tcp"
 }
 
 // taskName is how tables and logs name a task: "web.2", or "web.<node>" for

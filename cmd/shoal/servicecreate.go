@@ -63,6 +63,7 @@ type createOptions struct {
 	hostname        string
 	stopSignal      string
 	stopGracePeriod time.Duration
+	publish         []string
 	detach          bool
 	timeout         time.Duration
 }
@@ -77,6 +78,15 @@ func newServiceCreateCmd(a *app) *cobra.Command {
 whitespace. Options must come before IMAGE: everything after it belongs to
 the container's command.
 
+--publish makes a container port reachable on a port of the host running
+the task, on every address of that host (mode=host; the routing mesh,
+mode=ingress, does not exist yet). Two tasks publishing the same host port
+cannot share a node, so a replicated service publishing a port runs at
+most one task per node: use --mode global, or no more replicas than nodes.
+A task fails to start if a process of its host is bound to the port (shoald's
+own cluster port included); a process that binds the port later does not
+get its traffic: the published port takes precedence.
+
 Unless --detach is given, the command waits until every task runs, showing
 progress, and fails if a task fails or is rejected, or if the service has
 not converged within --timeout. The service ID is printed last, on stdout.`,
@@ -86,6 +96,7 @@ not converged within --timeout. The service ID is printed last, on stdout.`,
   shoal service create --name api --replicas 4 --placement-pref spread=node.labels.zone \
       --reserve-memory 128M --limit-memory 256M --limit-cpu 0.5 shoal/api
   shoal service create --name job --restart-condition on-failure --restart-max-attempts 3 shoal/job
+  shoal service create --name edge --mode global --publish 80:8080 --publish published=5353,target=53,protocol=udp,mode=host shoal/edge
   shoal service create -d --name batch --entrypoint "/bin/sh -c" busybox 'echo hi; sleep 60'`,
 		Args: minArgs(1, "IMAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -141,6 +152,7 @@ not converged within --timeout. The service ID is printed last, on stdout.`,
 	f.StringVar(&o.hostname, "hostname", "", "container hostname")
 	f.StringVar(&o.stopSignal, "stop-signal", "", "signal that stops the container (default SIGTERM)")
 	f.DurationVar(&o.stopGracePeriod, "stop-grace-period", 0, "time between the stop signal and SIGKILL (default 10s)")
+	f.StringArrayVarP(&o.publish, "publish", "p", nil, "publish a container port on the host running each task: PUBLISHED:TARGET[/udp] or published=PORT,target=PORT[,protocol=tcp|udp][,mode=host] (repeatable; the short form means mode=host, the only mode supported so far)")
 	f.BoolVarP(&o.detach, "detach", "d", false, "return once the service is created, without waiting for its tasks")
 	f.DurationVar(&o.timeout, "timeout", defaultConvergeTimeout, "how long to wait for every task to run")
 	return c
@@ -193,6 +205,13 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 	}
 	if spec.RestartPolicy, err = o.restartPolicy(); err != nil {
 		return nil, err
+	}
+	ports, err := parsePublish(o.publish)
+	if err != nil {
+		return nil, err
+	}
+	if len(ports) > 0 {
+		spec.Endpoint = &shoalpb.EndpointSpec{Ports: ports}
 	}
 	if o.stopSignal != "" {
 		sig, err := parseSignal(o.stopSignal)
@@ -286,6 +305,137 @@ func (o *createOptions) restartPolicy() (*shoalpb.RestartPolicy, error) {
 		return nil, nil
 	}
 	return p, nil
+}
+
+// publishForms is what --publish takes, for error messages.
+const publishForms = "PUBLISHED:TARGET[/tcp|/udp] or published=PORT,target=PORT[,protocol=tcp|udp][,mode=host]"
+
+// parsePublish parses --publish values: the short form "8080:80[/udp]"
+// (Docker's, without its address and range variants) or the long form
+// "published=8080,target=80[,protocol=tcp|udp][,mode=host|ingress]". Every
+// port is published in host mode: the short form means it, and the long
+// form refuses mode=ingress until the routing mesh exists. A host port may
+// be published once per protocol. It returns nil for no values.
+func parsePublish(vals []string) ([]*shoalpb.PortConfig, error) {
+	var ports []*shoalpb.PortConfig
+	seen := map[string]string{} // "8080/tcp" -> the value that published it
+	for _, v := range vals {
+		var (
+			p   *shoalpb.PortConfig
+			err error
+		)
+		if strings.Contains(v, "=") {
+			p, err = parsePublishLong(v)
+		} else {
+			p, err = parsePublishShort(v)
+		}
+		if err != nil {
+			return nil, err
+		}
+		key := fmt.Sprintf("%d/%s", p.GetPublishedPort(), protocolName(p.GetProtocol()))
+		if prev, ok := seen[key]; ok {
+			return nil, usageErrorf("--publish %q: host port %s is already published by --publish %q", v, key, prev)
+		}
+		seen[key] = v
+		ports = append(ports, p)
+	}
+	return ports, nil
+}
+
+// parsePublishShort parses "8080:80", "8080:80/udp".
+func parsePublishShort(v string) (*shoalpb.PortConfig, error) {
+	ports, proto, hasProto := strings.Cut(v, "/")
+	published, target, ok := strings.Cut(ports, ":")
+	if !ok || strings.Contains(target, ":") {
+		if strings.Count(ports, ":") > 1 {
+			return nil, usageErrorf("--publish %q: a host address is not supported (a port is published on every address of the host); expected %s", v, publishForms)
+		}
+		return nil, usageErrorf("--publish %q: expected %s (the published port is required)", v, publishForms)
+	}
+	p := &shoalpb.PortConfig{PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}
+	var err error
+	if p.PublishedPort, err = parsePortNumber(v, "published", published); err != nil {
+		return nil, err
+	}
+	if p.TargetPort, err = parsePortNumber(v, "target", target); err != nil {
+		return nil, err
+	}
+	if hasProto {
+		if p.Protocol, err = parseProtocol(v, proto); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// parsePublishLong parses "published=8080,target=80,protocol=udp,mode=host".
+func parsePublishLong(v string) (*shoalpb.PortConfig, error) {
+	p := &shoalpb.PortConfig{PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}
+	given := map[string]bool{}
+	for _, field := range strings.Split(v, ",") {
+		key, val, ok := strings.Cut(field, "=")
+		key = strings.ToLower(strings.TrimSpace(key))
+		val = strings.TrimSpace(val)
+		if !ok {
+			return nil, usageErrorf("--publish %q: field %q must be KEY=VALUE; expected %s", v, field, publishForms)
+		}
+		if given[key] {
+			return nil, usageErrorf("--publish %q: %s is given twice", v, key)
+		}
+		given[key] = true
+		var err error
+		switch key {
+		case "published":
+			p.PublishedPort, err = parsePortNumber(v, "published", val)
+		case "target":
+			p.TargetPort, err = parsePortNumber(v, "target", val)
+		case "protocol":
+			p.Protocol, err = parseProtocol(v, val)
+		case "mode":
+			switch strings.ToLower(val) {
+			case "host":
+			case "ingress":
+				err = usageErrorf("--publish %q: mode=ingress (the routing mesh) is not supported yet; only mode=host is", v)
+			default:
+				err = usageErrorf("--publish %q: mode %q: expected host (ingress is not supported yet)", v, val)
+			}
+		default:
+			err = usageErrorf("--publish %q: unknown field %q: expected published, target, protocol or mode", v, key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case !given["target"]:
+		return nil, usageErrorf("--publish %q: target=PORT is required", v)
+	case !given["published"]:
+		return nil, usageErrorf("--publish %q: published=PORT is required (Shoal does not choose a host port)", v)
+	}
+	return p, nil
+}
+
+// parsePortNumber parses one port of a --publish value.
+func parsePortNumber(v, which, s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		if strings.Contains(s, "-") {
+			return 0, usageErrorf("--publish %q: %s port %q: port ranges are not supported; expected a number from 1 to 65535", v, which, s)
+		}
+		return 0, usageErrorf("--publish %q: %s port %q: expected a number from 1 to 65535", v, which, s)
+	}
+	return uint32(n), nil
+}
+
+// parseProtocol parses the protocol of a --publish value.
+func parseProtocol(v, s string) (shoalpb.PortConfig_Protocol, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return shoalpb.PortConfig_PROTOCOL_TCP, nil
+	case "udp":
+		return shoalpb.PortConfig_PROTOCOL_UDP, nil
+	}
+	return 0, usageErrorf("--publish %q: protocol %q: expected tcp or udp", v, s)
 }
 
 // parseCPUs parses a CPU count like "0.5" or "2" into nano CPUs; "" is 0.

@@ -187,6 +187,18 @@ func TestCreateSpec(t *testing.T) {
 		{name: "bad cpu", opts: func(o *createOptions) { o.reserveCPU = "half" }, wantErr: `--reserve-cpu "half" must be a number of CPUs, e.g. 0.5 or 2`},
 		{name: "bad restart condition", opts: func(o *createOptions) { o.restartCond = "always" }, wantErr: `--restart-condition must be any, on-failure or none, got "always"`},
 		{name: "negative grace period", opts: func(o *createOptions) { o.stopGracePeriod = -time.Second }, wantErr: "--stop-grace-period must be 0 or more, got -1s"},
+		{
+			name: "published ports",
+			opts: func(o *createOptions) { o.publish = []string{"8080:80"} },
+			want: &shoalpb.ServiceSpec{
+				Container: &shoalpb.ContainerSpec{Image: "img"},
+				Endpoint: &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{
+					{PublishedPort: 8080, TargetPort: 80, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST},
+				}},
+				Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 1}},
+			},
+		},
+		{name: "bad publish", opts: func(o *createOptions) { o.publish = []string{"80"} }, wantErr: `--publish "80": expected ` + publishForms + ` (the published port is required)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,6 +212,97 @@ func TestCreateSpec(t *testing.T) {
 				t.Errorf("spec = %v\nwant %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestParsePublish(t *testing.T) {
+	const (
+		tcp  = shoalpb.PortConfig_PROTOCOL_TCP
+		udp  = shoalpb.PortConfig_PROTOCOL_UDP
+		host = shoalpb.PortConfig_PUBLISH_MODE_HOST
+	)
+	tests := []struct {
+		name    string
+		in      []string
+		want    []*shoalpb.PortConfig
+		wantErr string
+	}{
+		{name: "none", in: nil, want: nil},
+		{name: "short form means host mode", in: []string{"8080:80"}, want: []*shoalpb.PortConfig{{PublishedPort: 8080, TargetPort: 80, PublishMode: host}}},
+		{name: "short form udp", in: []string{"5353:53/udp"}, want: []*shoalpb.PortConfig{{PublishedPort: 5353, TargetPort: 53, Protocol: udp, PublishMode: host}}},
+		{name: "short form explicit tcp, any case", in: []string{"8080:80/TCP"}, want: []*shoalpb.PortConfig{{PublishedPort: 8080, TargetPort: 80, Protocol: tcp, PublishMode: host}}},
+		{
+			name: "long form, every field",
+			in:   []string{"published=8080,target=80,protocol=udp,mode=host"},
+			want: []*shoalpb.PortConfig{{PublishedPort: 8080, TargetPort: 80, Protocol: udp, PublishMode: host}},
+		},
+		{
+			name: "long form defaults: tcp, host; fields in any order",
+			in:   []string{"target=80, published=8080"},
+			want: []*shoalpb.PortConfig{{PublishedPort: 8080, TargetPort: 80, PublishMode: host}},
+		},
+		{
+			name: "repeated, same port on both protocols",
+			in:   []string{"53:53", "53:53/udp", "published=8080,target=8080"},
+			want: []*shoalpb.PortConfig{
+				{PublishedPort: 53, TargetPort: 53, PublishMode: host},
+				{PublishedPort: 53, TargetPort: 53, Protocol: udp, PublishMode: host},
+				{PublishedPort: 8080, TargetPort: 8080, PublishMode: host},
+			},
+		},
+		{
+			name:    "ingress refused until the routing mesh exists",
+			in:      []string{"published=8080,target=80,mode=ingress"},
+			wantErr: `--publish "published=8080,target=80,mode=ingress": mode=ingress (the routing mesh) is not supported yet; only mode=host is`,
+		},
+		{name: "unknown mode", in: []string{"published=8080,target=80,mode=vip"}, wantErr: `--publish "published=8080,target=80,mode=vip": mode "vip": expected host (ingress is not supported yet)`},
+		{name: "target only", in: []string{"80"}, wantErr: `--publish "80": expected ` + publishForms + ` (the published port is required)`},
+		{name: "host address", in: []string{"127.0.0.1:8080:80"}, wantErr: `--publish "127.0.0.1:8080:80": a host address is not supported (a port is published on every address of the host); expected ` + publishForms},
+		{name: "range", in: []string{"8080-8081:80"}, wantErr: `--publish "8080-8081:80": published port "8080-8081": port ranges are not supported; expected a number from 1 to 65535`},
+		{name: "not a number", in: []string{"web:80"}, wantErr: `--publish "web:80": published port "web": expected a number from 1 to 65535`},
+		{name: "port 0", in: []string{"8080:0"}, wantErr: `--publish "8080:0": target port "0": expected a number from 1 to 65535`},
+		{name: "port too large", in: []string{"published=65536,target=80"}, wantErr: `--publish "published=65536,target=80": published port "65536": expected a number from 1 to 65535`},
+		{name: "bad protocol", in: []string{"8080:80/sctp"}, wantErr: `--publish "8080:80/sctp": protocol "sctp": expected tcp or udp`},
+		{name: "long form without target", in: []string{"published=8080"}, wantErr: `--publish "published=8080": target=PORT is required`},
+		{name: "long form without published", in: []string{"target=80"}, wantErr: `--publish "target=80": published=PORT is required (Shoal does not choose a host port)`},
+		{name: "unknown field", in: []string{"published=8080,target=80,src=1"}, wantErr: `--publish "published=8080,target=80,src=1": unknown field "src": expected published, target, protocol or mode`},
+		{name: "field given twice", in: []string{"published=8080,target=80,target=81"}, wantErr: `--publish "published=8080,target=80,target=81": target is given twice`},
+		{name: "field without value", in: []string{"published=8080,target"}, wantErr: `--publish "published=8080,target": field "target" must be KEY=VALUE; expected ` + publishForms},
+		{
+			name:    "host port published twice",
+			in:      []string{"8080:80", "published=8080,target=81"},
+			wantErr: `--publish "published=8080,target=81": host port 8080/tcp is already published by --publish "8080:80"`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parsePublish(tt.in)
+			checkErr(t, err, tt.wantErr)
+			if err != nil {
+				return
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("parsePublish(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+			for i := range got {
+				if !proto.Equal(got[i], tt.want[i]) {
+					t.Errorf("port %d = %v, want %v", i, got[i], tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestFormatPorts(t *testing.T) {
+	spec := &shoalpb.ServiceSpec{Endpoint: &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{
+		{PublishedPort: 8080, TargetPort: 80, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST},
+		{PublishedPort: 5353, TargetPort: 53, Protocol: shoalpb.PortConfig_PROTOCOL_UDP},
+	}}}
+	if got, want := formatPorts(spec), "host:8080->80/tcp,*:5353->53/udp"; got != want {
+		t.Errorf("formatPorts = %q, want %q", got, want)
+	}
+	if got := formatPorts(&shoalpb.ServiceSpec{}); got != "" {
+		t.Errorf("formatPorts of no ports = %q, want empty", got)
 	}
 }
 

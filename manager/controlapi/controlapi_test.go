@@ -120,8 +120,17 @@ func TestCreateServiceValidation(t *testing.T) {
 			s.Container.Resources = &shoalpb.ResourceRequirements{PidsLimit: -1}
 		}, parts: []string{"resources.pids_limit", "negative"}},
 		{name: "port published twice", mutate: func(s *shoalpb.ServiceSpec) {
-			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishedPort: 8080}, {TargetPort: 81, PublishedPort: 8080}}}
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishedPort: 8080, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}, {TargetPort: 81, PublishedPort: 8080, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}}}
 		}, parts: []string{"endpoint.ports[1]", "8080/tcp", "twice"}},
+		{name: "ingress port", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishedPort: 8080}}}
+		}, parts: []string{"endpoint.ports[0]", "only host mode"}},
+		{name: "host port without published port", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}}}
+		}, parts: []string{"endpoint.ports[0]", "needs a published port"}},
+		{name: "host port", mutate: func(s *shoalpb.ServiceSpec) {
+			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{TargetPort: 80, PublishedPort: 8080, PublishMode: shoalpb.PortConfig_PUBLISH_MODE_HOST}}}
+		}},
 		{name: "target port zero", mutate: func(s *shoalpb.ServiceSpec) {
 			s.Endpoint = &shoalpb.EndpointSpec{Ports: []*shoalpb.PortConfig{{PublishedPort: 8080}}}
 		}, parts: []string{"endpoint.ports[0]", "target port 0"}},

@@ -210,8 +210,11 @@ func validatePorts(ports []*shoalpb.PortConfig) error {
 		if p.GetPublishedPort() > 65535 {
 			return invalid(field, "published port %d: expected 1 to 65535", p.GetPublishedPort())
 		}
+		if p.GetPublishMode() != shoalpb.PortConfig_PUBLISH_MODE_HOST {
+			return invalid(field, "mode %s: only host mode is supported until the routing mesh exists", strings.ToLower(strings.TrimPrefix(p.GetPublishMode().String(), "PUBLISH_MODE_")))
+		}
 		if p.GetPublishedPort() == 0 {
-			continue
+			return invalid(field, "a host-mode port needs a published port")
 		}
 		key := fmt.Sprintf("%d/%v", p.GetPublishedPort(), p.GetProtocol())
 		if seen[key] {

@@ -65,6 +65,8 @@ var (
 	ErrNotBridge = errors.New("link exists but is not a bridge")
 	// ErrEndpointsAttached is returned by Teardown while endpoints remain.
 	ErrEndpointsAttached = errors.New("endpoints still attached")
+	// ErrUnknownEndpoint is returned by Lookup for an id with no address.
+	ErrUnknownEndpoint = errors.New("no such endpoint")
 )
 
 // Config configures a Driver. Zero values take the documented defaults.
@@ -95,9 +97,11 @@ type Driver struct {
 	statePath string
 	netnsDir  string
 	log       *slog.Logger
+	ports     *PortTable
 
 	// mu serialises every operation on the kernel objects and the state file,
-	// so a read-modify-write of the allocations is never interleaved.
+	// so a read-modify-write of the allocations is never interleaved. Lock
+	// order: mu before PortTable.mu (Teardown clears the port table).
 	mu sync.Mutex
 }
 
@@ -131,6 +135,7 @@ func New(cfg Config) (*Driver, error) {
 	if d.hostNS == "" {
 		d.hostNS = "/proc/self/ns/net"
 	}
+	d.ports = newPortTable(cfg, d.hostNS, d.log)
 	if err := os.MkdirAll(d.netnsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create bridge state dir %s: %w", d.netnsDir, err)
 	}
@@ -183,9 +188,17 @@ func (d *Driver) Subnet() netip.Prefix { return d.cfg.Subnet }
 
 // Setup creates or repairs the bridge (up, gateway address, MTU, a fixed MAC
 // derived from the gateway address so it does not follow its ports), enables
-// net.ipv4.ip_forward in the host namespace and rewrites the nftables table
-// "shoal-bridge-<Name>" in one transaction. It is idempotent and safe after a
-// daemon restart; attached endpoints keep working throughout.
+// net.ipv4.ip_forward in the host namespace and route_localnet on the bridge,
+// and rewrites the nftables table "shoal-bridge-<Name>" in one transaction.
+// It is idempotent and safe after a daemon restart; attached endpoints keep
+// working throughout.
+//
+// route_localnet lets the host's own connections to 127.0.0.1 reach a
+// published port (see PortTable): without it the kernel refuses to route a
+// packet with a loopback source out of the bridge. It would also let a
+// container reach the host's loopback-only services through the bridge,
+// so the bridge table drops every packet arriving on the bridge with a
+// loopback source or destination (as Docker does for docker0).
 func (d *Driver) Setup(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -207,16 +220,21 @@ func (d *Driver) Setup(ctx context.Context) error {
 	if err := enableIPForward(d.hostNS); err != nil {
 		return err
 	}
+	// The guard goes in before the sysctl that needs it.
 	if err := d.applyTable(ns); err != nil {
+		return err
+	}
+	if err := enableRouteLocalnet(d.hostNS, d.cfg.Name); err != nil {
 		return err
 	}
 	d.log.Debug("bridge set up", "subnet", d.cfg.Subnet, "gateway", d.gateway)
 	return nil
 }
 
-// Teardown removes the bridge and the nftables table. Endpoints must be
-// detached first (ErrEndpointsAttached otherwise). net.ipv4.ip_forward is left
-// as it is: other software in the namespace may rely on it. Idempotent.
+// Teardown removes the bridge, its nftables table and its port table.
+// Endpoints must be detached first (ErrEndpointsAttached otherwise).
+// net.ipv4.ip_forward is left as it is: other software in the namespace may
+// rely on it. Idempotent.
 func (d *Driver) Teardown(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -237,6 +255,9 @@ func (d *Driver) Teardown(ctx context.Context) error {
 	defer ns.Close()
 	defer h.Close()
 	if err := d.deleteTable(ns); err != nil {
+		return err
+	}
+	if err := d.ports.Apply(ctx, nil); err != nil {
 		return err
 	}
 	link, err := h.LinkByName(d.cfg.Name)

@@ -107,6 +107,9 @@ func checkBridge(t *testing.T, e *testEnv, d *Driver, h *netlink.Handle) {
 	if v := readIPForward(t, e.hostNS); v != "1" {
 		t.Errorf("ip_forward in host netns = %s, want 1", v)
 	}
+	if v := readSysctl(t, e.hostNS, "/proc/sys/net/ipv4/conf/"+e.cfg.Name+"/route_localnet"); v != "1" {
+		t.Errorf("route_localnet on the bridge = %s, want 1", v)
+	}
 	rules := listTable(t, e.hostNS, d.TableName())
 	post, fwd := rules[chainPostrouting], rules[chainForward]
 	if len(post) != 1 || !slices.ContainsFunc(post[0].Exprs, func(x expr.Any) bool { _, ok := x.(*expr.Masq); return ok }) {
@@ -114,6 +117,9 @@ func checkBridge(t *testing.T, e *testEnv, d *Driver, h *netlink.Handle) {
 	}
 	if len(fwd) != 2 {
 		t.Errorf("forward chain has %d rules, want 2 (no duplicates)", len(fwd))
+	}
+	if guard := rules[chainGuard]; len(guard) != 2 {
+		t.Errorf("guard chain has %d rules, want 2 (loopback source and destination)", len(guard))
 	}
 }
 
@@ -315,37 +321,7 @@ func TestMasquerade(t *testing.T) {
 	ep := e.attach(t, d, e.id("a"))
 	t.Cleanup(func() { d.Detach(context.Background(), ep.ID) })
 
-	// An "outside" netns behind a veth uplink of the host netns, in
-	// TEST-NET-1 (RFC 5737) so it can never be a real destination.
-	outside := newNamedNetNS(t, e.prefix+"-out")
-	uplink, remote := netip.MustParsePrefix("192.0.2.1/30"), netip.MustParsePrefix("192.0.2.2/30")
-	h, oh := handleIn(t, e.hostNS), handleIn(t, outside)
-	ons, err := netns.GetFromPath(outside)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ons.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = e.prefix + "u"
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: e.prefix + "o", PeerNamespace: netlink.NsFd(ons)}); err != nil {
-		t.Fatalf("create uplink veth: %v", err)
-	}
-	for _, side := range []struct {
-		h    *netlink.Handle
-		name string
-		addr netip.Prefix
-	}{{h, e.prefix + "u", uplink}, {oh, e.prefix + "o", remote}} {
-		l, err := side.h.LinkByName(side.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := side.h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(side.addr)}); err != nil {
-			t.Fatal(err)
-		}
-		if err := side.h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	outside, uplink, remote := e.newOutside(t)
 
 	tests := []struct {
 		name     string
@@ -353,7 +329,7 @@ func TestMasquerade(t *testing.T) {
 		serverIP netip.Addr
 		wantPeer netip.Addr
 	}{
-		{name: "leaving through the uplink is masqueraded", serverNS: outside, serverIP: remote.Addr(), wantPeer: uplink.Addr()},
+		{name: "leaving through the uplink is masqueraded", serverNS: outside, serverIP: remote, wantPeer: uplink},
 		{name: "to the host over the bridge keeps the source", serverNS: e.hostNS, serverIP: d.Gateway(), wantPeer: ep.Address.Addr()},
 	}
 	for _, tc := range tests {
@@ -483,7 +459,11 @@ func TestTeardown(t *testing.T) {
 		t.Fatalf("Attach before Setup = %v, want ErrNotSetUp", err)
 	}
 	e.setup(t, d)
-	e.attach(t, d, id)
+	ep := e.attach(t, d, id)
+	// A port left published (the caller did not clear it) goes with the bridge.
+	if err := d.Ports().Apply(ctx, []PortMapping{{Protocol: TCP, HostPort: 18080, Target: netip.AddrPortFrom(ep.Address.Addr(), 80)}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Teardown(ctx); !errors.Is(err, ErrEndpointsAttached) {
 		t.Fatalf("Teardown with endpoints = %v, want ErrEndpointsAttached", err)
 	}
@@ -501,5 +481,8 @@ func TestTeardown(t *testing.T) {
 	}
 	if tableExists(t, e.hostNS, d.TableName()) {
 		t.Error("nftables table still exists after Teardown")
+	}
+	if tableExists(t, e.hostNS, d.Ports().Name()) {
+		t.Error("port table still exists after Teardown")
 	}
 }

@@ -221,6 +221,13 @@ func (d *Driver) attachHostEnd(h *netlink.Handle, hostEnd, br netlink.Link) (net
 			return nil, fmt.Errorf("add %s to bridge %s: %w", name, d.cfg.Name, err)
 		}
 	}
+	// Hairpin mode lets the bridge send a frame back out of the port it came
+	// in on: a container reaching a port it publishes itself, through the
+	// host's address, is DNATed back to its own address, and br_netfilter
+	// then bridges that frame instead of routing it.
+	if err := h.LinkSetHairpin(hostEnd, true); err != nil {
+		return nil, fmt.Errorf("set hairpin mode on %s: %w", name, err)
+	}
 	return hostEnd, nil
 }
 
@@ -263,6 +270,27 @@ func (d *Driver) configureContainerSide(ch *netlink.Handle, ep Endpoint) error {
 		return fmt.Errorf("default route via %s in %s: %w", ep.Gateway, ep.NetNSPath, err)
 	}
 	return nil
+}
+
+// Lookup returns the endpoint of container id as StateDir records it,
+// without touching the kernel: for a caller that needs the address of a
+// container attached by an earlier daemon process. It returns
+// ErrUnknownEndpoint when id has no address.
+func (d *Driver) Lookup(id string) (Endpoint, error) {
+	if err := validateID(id); err != nil {
+		return Endpoint{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, err := loadState(d.statePath)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("look up endpoint %s: %w", id, err)
+	}
+	addr, ok := st.Endpoints[id]
+	if !ok {
+		return Endpoint{}, fmt.Errorf("look up endpoint %s: %w", id, ErrUnknownEndpoint)
+	}
+	return d.endpoint(id, addr), nil
 }
 
 // Detach removes the endpoint's veth pair, unmounts and deletes its netns file

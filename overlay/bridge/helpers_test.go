@@ -24,6 +24,11 @@ import (
 // instead of hanging it; it is not a speed assertion.
 const ioTimeout = 5 * time.Second
 
+// udpTimeout is how long a UDP probe waits for its answer. UDP has no
+// refusal, so a probe of an unpublished port always waits this long; on a
+// local veth an answer takes well under a millisecond.
+const udpTimeout = time.Second
+
 // testEnv is one test's private world: a host netns named with a prefix unique
 // to the run, and a StateDir in the test's temp dir.
 type testEnv struct {
@@ -174,6 +179,44 @@ func (e *testEnv) checkNoRootLeak(t *testing.T) {
 	}
 }
 
+// newOutside makes an "outside" netns behind a veth uplink of the test's
+// host netns, in TEST-NET-1 (RFC 5737) so it can never be a real
+// destination. It returns the outside netns's path, the host's address on
+// the uplink and the outside's address.
+func (e *testEnv) newOutside(t *testing.T) (nsPath string, uplink, remote netip.Addr) {
+	t.Helper()
+	outside := newNamedNetNS(t, e.prefix+"-out")
+	up, rem := netip.MustParsePrefix("192.0.2.1/30"), netip.MustParsePrefix("192.0.2.2/30")
+	h, oh := handleIn(t, e.hostNS), handleIn(t, outside)
+	ons, err := netns.GetFromPath(outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ons.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = e.prefix + "u"
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: e.prefix + "o", PeerNamespace: netlink.NsFd(ons)}); err != nil {
+		t.Fatalf("create uplink veth: %v", err)
+	}
+	for _, side := range []struct {
+		h    *netlink.Handle
+		name string
+		addr netip.Prefix
+	}{{h, e.prefix + "u", up}, {oh, e.prefix + "o", rem}} {
+		l, err := side.h.LinkByName(side.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := side.h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(side.addr)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := side.h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return outside, up.Addr(), rem.Addr()
+}
+
 // inNetNS runs fn on a locked thread inside the netns at path.
 func inNetNS(path string, fn func() error) error {
 	return onLockedThread(func() error {
@@ -263,14 +306,78 @@ func peerSeenBy(nsPath, addr string) (string, error) {
 
 func readIPForward(t *testing.T, nsPath string) string {
 	t.Helper()
+	return readSysctl(t, nsPath, "/proc/sys/net/ipv4/ip_forward")
+}
+
+// readSysctl reads a sysctl file as the netns at nsPath sees it.
+func readSysctl(t *testing.T, nsPath, path string) string {
+	t.Helper()
 	var v []byte
 	err := inNetNS(nsPath, func() error {
 		var err error
-		v, err = os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+		v, err = os.ReadFile(path)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("read ip_forward in %s: %v", nsPath, err)
+		t.Fatalf("read %s in %s: %v", path, nsPath, err)
 	}
 	return strings.TrimSpace(string(v))
+}
+
+// serveUDPRemoteAddr listens on UDP ip:0 inside the netns at nsPath and
+// answers each datagram with the peer IP it sees and its own address,
+// separated by a space. It returns the listen address.
+func serveUDPRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
+	t.Helper()
+	var pc net.PacketConn
+	err := inNetNS(nsPath, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(ip, 0).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on udp %s in %s: %v", ip, nsPath, err)
+	}
+	self := pc.LocalAddr().String()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 64)
+		for {
+			_, peer, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			pc.WriteTo([]byte(peer.(*net.UDPAddr).IP.String()+" "+self), peer)
+		}
+	}()
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	return self
+}
+
+// udpPeerSeenBy sends a datagram to addr from inside the netns at nsPath,
+// from local port lport (0: any), and returns the peer address the server
+// reported and the server's own address.
+func udpPeerSeenBy(nsPath string, lport uint16, addr string) (peer, server string, err error) {
+	err = inNetNS(nsPath, func() error {
+		d := net.Dialer{LocalAddr: &net.UDPAddr{Port: int(lport)}}
+		c, err := d.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(udpTimeout))
+		if _, err := c.Write([]byte("?")); err != nil {
+			return err
+		}
+		b := make([]byte, 64)
+		n, err := c.Read(b)
+		peer, server, _ = strings.Cut(string(b[:n]), " ")
+		return err
+	})
+	return peer, server, err
 }

@@ -39,30 +39,41 @@ func onLockedThread(fn func() error) error {
 	return <-errc
 }
 
-// enableIPForward sets net.ipv4.ip_forward=1 in the namespace at nsPath. The
-// sysctl files under /proc/sys/net belong to the namespace of the thread that
-// opens them, hence the setns on a locked thread. The value is only written
-// when it is not already 1: writing it resets per-interface forwarding flags.
+// enableIPForward sets net.ipv4.ip_forward=1 in the namespace at nsPath.
 func enableIPForward(nsPath string) error {
-	const sysctl = "/proc/sys/net/ipv4/ip_forward"
+	return enableSysctl(nsPath, "/proc/sys/net/ipv4/ip_forward")
+}
+
+// enableRouteLocalnet sets net.ipv4.conf.<link>.route_localnet=1 in the
+// namespace at nsPath.
+func enableRouteLocalnet(nsPath, link string) error {
+	return enableSysctl(nsPath, "/proc/sys/net/ipv4/conf/"+link+"/route_localnet")
+}
+
+// enableSysctl sets the boolean sysctl file to 1 in the namespace at nsPath.
+// The sysctl files under /proc/sys/net belong to the namespace of the thread
+// that opens them, hence the setns on a locked thread. The value is only
+// written when it is not already 1: writing ip_forward, for one, resets
+// per-interface forwarding flags.
+func enableSysctl(nsPath, sysctl string) error {
 	return onLockedThread(func() error {
 		ns, err := netns.GetFromPath(nsPath)
 		if err != nil {
-			return fmt.Errorf("enable ip_forward: open netns %s: %w", nsPath, err)
+			return fmt.Errorf("enable %s: open netns %s: %w", sysctl, nsPath, err)
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("enable ip_forward: enter netns %s: %w", nsPath, err)
+			return fmt.Errorf("enable %s: enter netns %s: %w", sysctl, nsPath, err)
 		}
 		cur, err := os.ReadFile(sysctl)
 		if err != nil {
-			return fmt.Errorf("enable ip_forward in %s: %w", nsPath, err)
+			return fmt.Errorf("enable %s in %s: %w", sysctl, nsPath, err)
 		}
 		if strings.TrimSpace(string(cur)) == "1" {
 			return nil
 		}
 		if err := os.WriteFile(sysctl, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable ip_forward in %s: %w", nsPath, err)
+			return fmt.Errorf("enable %s in %s: %w", sysctl, nsPath, err)
 		}
 		return nil
 	})

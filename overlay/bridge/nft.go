@@ -16,6 +16,7 @@ import (
 const (
 	chainPostrouting = "postrouting"
 	chainForward     = "forward"
+	chainGuard       = "guard"
 )
 
 // TableName returns the name of the nftables table (family ip) owned by the
@@ -34,6 +35,9 @@ func (d *Driver) TableName() string { return tablePrefix + d.cfg.Name }
 //	  chain forward { type filter hook forward priority filter; policy accept;
 //	    iifname "<Name>" accept
 //	    oifname "<Name>" ct state established,related accept }
+//	  chain guard { type filter hook prerouting priority raw; policy accept;
+//	    iifname "<Name>" ip saddr 127.0.0.0/8 drop
+//	    iifname "<Name>" ip daddr 127.0.0.0/8 drop }
 //	}
 //
 // "iifname <Name>" covers container-to-container traffic too: br_netfilter
@@ -41,6 +45,12 @@ func (d *Driver) TableName() string { return tablePrefix + d.cfg.Name }
 // forward hook with both interface names set to the bridge. An accept here
 // cannot overrule a drop in another table (nftables runs every base chain),
 // so the forward chain keeps policy accept and never drops itself.
+//
+// The guard undoes what route_localnet (see Setup) would otherwise allow: a
+// container sending to or from a loopback address through the bridge. It
+// runs at raw priority, before conntrack reverses any NAT, so the replies to
+// the host's masqueraded loopback connections (addressed to the gateway on
+// the wire) pass.
 func (d *Driver) applyTable(ns netns.NsHandle) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
@@ -60,7 +70,14 @@ func (d *Driver) applyTable(ns netns.NsHandle) error {
 		Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
+	guard := c.AddChain(&nftables.Chain{
+		Name: chainGuard, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &accept,
+	})
 	for _, r := range d.rules(t, post, fwd) {
+		c.AddRule(r)
+	}
+	for _, r := range d.guardRules(t, guard) {
 		c.AddRule(r)
 	}
 	if err := c.Flush(); err != nil {
@@ -88,6 +105,17 @@ func (d *Driver) rules(t *nftables.Table, post, fwd *nftables.Chain) []*nftables
 	}
 }
 
+// guardRules computes the guard chain's rules; see applyTable.
+func (d *Driver) guardRules(t *nftables.Table, guard *nftables.Chain) []*nftables.Rule {
+	src := append(matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d.cfg.Name), matchSaddr(loopbackNet)...)
+	dst := append(matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d.cfg.Name), matchDaddr(loopbackNet)...)
+	drop := &expr.Verdict{Kind: expr.VerdictDrop}
+	return []*nftables.Rule{
+		{Table: t, Chain: guard, Exprs: append(src, drop)},
+		{Table: t, Chain: guard, Exprs: append(dst, drop)},
+	}
+}
+
 // deleteTable removes the driver's table if it exists, in one batch.
 func (d *Driver) deleteTable(ns netns.NsHandle) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
@@ -105,11 +133,21 @@ func (d *Driver) deleteTable(ns netns.NsHandle) error {
 
 // matchSaddr matches "ip saddr p".
 func matchSaddr(p netip.Prefix) []expr.Any {
+	// IPv4 source address: 4 bytes at offset 12 of the network header.
+	return matchAddr(12, p)
+}
+
+// matchDaddr matches "ip daddr p".
+func matchDaddr(p netip.Prefix) []expr.Any {
+	// IPv4 destination address: 4 bytes at offset 16 of the network header.
+	return matchAddr(16, p)
+}
+
+func matchAddr(offset uint32, p netip.Prefix) []expr.Any {
 	mask := ipNet(p).Mask
 	network := p.Masked().Addr().As4()
 	return []expr.Any{
-		// IPv4 source address: 4 bytes at offset 12 of the network header.
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: network[:]},
 	}
