@@ -153,24 +153,32 @@ func TestSchedulingAndHealing(t *testing.T) {
 	if lost.ID == "" {
 		t.Fatalf("no task of onb on h4")
 	}
+	// Two signals can mark h4 DOWN, gossip and the dispatcher's
+	// heartbeats; status.message says which one did.
 	cut := time.Now()
 	h4.CutLink()
-	var healed time.Duration
+	var healed, down time.Duration
+	var downMsg string
 	deadline := cut.Add(waitConverge)
-	for {
-		ts, err := runningTasks(h1, "onb")
-		if err == nil && len(ts) == 3 && countByNode(ts)[id[h4]] == 0 {
+	for healed == 0 || down == 0 {
+		if st, msg, err := nodeStatus(h1, id[h4]); down == 0 && err == nil && st == "NODE_STATE_DOWN" {
+			down, downMsg = time.Since(cut), msg
+		}
+		if ts, err := runningTasks(h1, "onb"); healed == 0 && err == nil && len(ts) == 3 && countByNode(ts)[id[h4]] == 0 {
 			healed = time.Since(cut)
-			break
 		}
 		if time.Now().After(deadline) {
 			all, _ := tasks(h1, "onb")
-			t.Fatalf("tasks of onb not running elsewhere %s after h4's link was cut: %s", waitConverge, summarize(all))
+			st, msg, err := nodeStatus(h1, id[h4])
+			t.Fatalf("%s after h4's link was cut: h4 is %s %q (%v); tasks of onb (want 3 running, none on h4): %s", waitConverge, st, msg, err, summarize(all))
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("link cut → replacement RUNNING in %.2fs", healed.Seconds())
-	fmt.Printf("node loss: link cut to replacement RUNNING: %.2fs\n", healed.Seconds())
+	t.Logf("link cut → h4 DOWN in %.2fs (status.message %q), replacement RUNNING in %.2fs", down.Seconds(), downMsg, healed.Seconds())
+	for _, l := range livenessLog(h1, id[h4], cut) {
+		t.Logf("h1: %s", l)
+	}
+	fmt.Printf("node loss: link cut to h4 DOWN: %.2fs (%s); to replacement RUNNING: %.2fs\n", down.Seconds(), downMsg, healed.Seconds())
 
 	h4.RestoreLink()
 	c.Eventually(waitConverge, "h4's stale task stopped", func() error {

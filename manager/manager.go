@@ -2,7 +2,7 @@
 // cluster's state, the store it replicates, the control API and the
 // dispatcher served on every manager, and the components that run on the
 // leader only (allocator, orchestrator, placement, the dispatcher's
-// heartbeat loop).
+// liveness loop, which takes heartbeats and the daemon's gossip verdicts).
 //
 // Lifecycle: Init once, on the first manager of a new cluster; then New and
 // Run on every start of the daemon, with Register on its gRPC server.

@@ -80,6 +80,7 @@ Two daemons on one machine need distinct --data-dir, --run-dir,
 	f.StringVar(&cfg.RunDir, "run-dir", daemon.DefaultRunDir, "runtime state: the CLI socket, runc state, container bundles and logs")
 	f.StringVar(&cfg.ListenAddr, "listen-addr", daemon.DefaultListenAddr, "address for cluster gRPC (Raft, API, dispatcher) between hosts")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address other hosts reach this one at (default: the listen address)")
+	f.IntVar(&cfg.GossipPort, "gossip-port", daemon.DefaultGossipPort, "gossip port (TCP and UDP) on the advertise address, for membership and node liveness; the same on every host of a cluster")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", daemon.DefaultCgroupParent, "cgroup under which every container of this daemon runs")
 	f.StringVar(&cfg.BridgeName, "bridge-name", daemon.DefaultBridgeName, "name of the node-local container bridge")
 	f.StringVar(&subnet, "bridge-subnet", daemon.DefaultBridgeSubnet, "subnet of the node-local container bridge")

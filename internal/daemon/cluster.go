@@ -316,6 +316,7 @@ func (l *localServer) LeaveCluster(ctx context.Context, req *shoalpb.LeaveCluste
 	}
 	d.stopAgent()
 	d.stopRenewer()
+	d.stopGossip()
 	if isManager {
 		d.stopListener()
 		d.stopManager()

@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-project/shoal/manager"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/overlay/bridge"
+	"github.com/shoal-project/shoal/overlay/gossip"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/shoal-project/shoal/raft"
 	"google.golang.org/grpc"
@@ -55,6 +56,7 @@ type Config struct {
 	RunDir             string
 	ListenAddr         string
 	AdvertiseAddr      string
+	GossipPort         int // TCP and UDP, on the advertise address; 0: DefaultGossipPort
 	CgroupParent       string
 	BridgeName         string
 	BridgeSubnet       netip.Prefix
@@ -98,6 +100,10 @@ type Daemon struct {
 	mgrCancel    context.CancelFunc
 	runCtx       context.Context
 	clusterErr   error
+	// gossip is this host's gossip member while it is in a cluster.
+	gossip       *gossip.Member
+	gossipCancel context.CancelFunc
+	gossipDone   chan struct{}
 }
 
 // SocketPath is where the daemon's local API listens.
@@ -108,6 +114,9 @@ func SocketPath(runDir string) string { return filepath.Join(runDir, "shoal.sock
 func New(cfg Config) (*Daemon, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.GossipPort == 0 {
+		cfg.GossipPort = DefaultGossipPort
 	}
 	for _, dir := range []string{cfg.DataDir, cfg.RunDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -248,7 +257,14 @@ func (d *Daemon) runAsManager(ctx context.Context) error {
 	if err := d.startRenewer(ctx); err != nil {
 		return err
 	}
-	return d.startAgent(ctx, d.localConn, nil, nil)
+	// A manager that joined others knows them; the first one learns of
+	// later managers as every host does, from its agent's sessions.
+	mem, _, err := d.loadMembership()
+	if err != nil {
+		d.log.Warn("gossip: read the managers' addresses", "err", err)
+	}
+	d.startGossip(ctx, mem.Managers)
+	return d.startAgent(ctx, d.localConn, nil, d.setGossipSeeds)
 }
 
 // runAsWorker runs this host's agent against the managers it joined. The
@@ -273,8 +289,10 @@ func (d *Daemon) runAsWorker(ctx context.Context, mem membership) error {
 	if err := d.startRenewer(ctx); err != nil {
 		return err
 	}
+	d.startGossip(ctx, mem.Managers)
 	onManagers := func(addrs []string) {
 		update(addrs)
+		d.setGossipSeeds(addrs)
 		if err := d.saveMembership(membership{Managers: addrs}); err != nil {
 			d.log.Warn("save the managers' addresses", "err", err)
 		}

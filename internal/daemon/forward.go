@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/shoal-project/shoal/internal/ca"
-	"github.com/shoal-project/shoal/manager/nodeca"
 	"github.com/shoal-project/shoal/manager"
+	"github.com/shoal-project/shoal/manager/nodeca"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

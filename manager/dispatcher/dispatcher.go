@@ -8,6 +8,10 @@
 // Sessions live in memory; a new leader starts with none and gives every
 // node that was READY a heartbeat grace period to reconnect before marking
 // it DOWN.
+//
+// Besides heartbeats, the leader takes the gossip layer's verdicts on
+// nodes (NodeUnreachable, NodeReachable): a second, independent liveness
+// signal, usually the faster one. liveness.go states how the two combine.
 package dispatcher
 
 import (
@@ -78,6 +82,13 @@ type Dispatcher struct {
 	// unconfirmed holds nodes READY in the store when Run started, with
 	// that time, until they open a session or their grace ends.
 	unconfirmed map[string]time.Time
+	// verdicts holds, while Run runs, gossip's verdicts that a node is
+	// unreachable, with the time each arrived, until acted upon or
+	// withdrawn (liveness.go).
+	verdicts map[string]time.Time
+
+	// kick asks Run to check the nodes now (a verdict arrived).
+	kick chan struct{}
 }
 
 // session is one agent connection.
@@ -94,7 +105,8 @@ type session struct {
 // Reasons a session ends, returned to the agent's streams.
 var (
 	errReplaced = errors.New("session replaced by a newer one")
-	errExpired  = errors.New("heartbeat expired")
+	errExpired  = errors.New(msgHeartbeatExpired)
+	errGossip   = errors.New(msgGossipFailed)
 	errStopped  = errors.New("dispatcher stopped")
 )
 
@@ -107,6 +119,8 @@ func New(s *store.Store, cfg Config) *Dispatcher {
 		logger:      cfg.Logger,
 		sessions:    make(map[string]*session),
 		unconfirmed: make(map[string]time.Time),
+		verdicts:    make(map[string]time.Time),
+		kick:        make(chan struct{}, 1),
 	}
 	if d.period <= 0 {
 		d.period = DefaultHeartbeatPeriod
@@ -160,11 +174,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		d.sessions = make(map[string]*session)
 		d.unconfirmed = make(map[string]time.Time)
+		d.verdicts = make(map[string]time.Time)
 		d.runCtx = nil
 	}()
 
 	// Checking twice a period keeps detection within half a period of
-	// the grace (3.5 s with the defaults).
+	// the grace (3.5 s with the defaults); a gossip verdict is checked as
+	// soon as it arrives.
 	tick := time.NewTicker(d.period / 2)
 	defer tick.Stop()
 	for {
@@ -173,6 +189,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			d.expire(ctx)
+		case <-d.kick:
+			d.expire(ctx)
 		}
 	}
 }
@@ -180,23 +198,51 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // grace is how long a node may stay silent before it is DOWN.
 func (d *Dispatcher) grace() time.Duration { return HeartbeatGraceMultiplier * d.period }
 
-// expire ends the sessions whose heartbeats stopped and marks their nodes,
-// and the unconfirmed nodes that never came back, DOWN.
+// expire ends the sessions of the nodes that are DOWN by either signal
+// (liveness.go) and marks them, and the unconfirmed nodes that never came
+// back, DOWN.
 func (d *Dispatcher) expire(ctx context.Context) {
 	now := d.now()
-	down := make(map[string]string) // node id -> status message
+	type downNode struct {
+		signal, msg string
+		silent      time.Duration // since the last heartbeat, when it had a session
+	}
+	down := make(map[string]downNode) // by node id
 	d.mu.Lock()
 	for id, s := range d.sessions {
-		if now.Sub(s.lastBeat) > d.grace() {
-			delete(d.sessions, id)
+		signal, isDown := sessionDown(now, s.lastBeat, d.verdicts[id], d.grace(), d.gossipWindow())
+		if !isDown {
+			continue
+		}
+		delete(d.sessions, id)
+		delete(d.verdicts, id)
+		silent := now.Sub(s.lastBeat)
+		if signal == signalGossip {
+			s.cancel(errGossip)
+			down[id] = downNode{signalGossip, msgGossipFailed, silent}
+		} else {
 			s.cancel(errExpired)
-			down[id] = "heartbeat expired"
+			down[id] = downNode{signalHeartbeat, msgHeartbeatExpired, silent}
 		}
 	}
 	for id, since := range d.unconfirmed {
-		if now.Sub(since) > d.grace() {
-			delete(d.unconfirmed, id)
-			down[id] = "no session since the leader changed"
+		_, failed := d.verdicts[id]
+		switch {
+		case failed:
+			down[id] = downNode{signalGossip, msgGossipFailed, 0}
+		case now.Sub(since) > d.grace():
+			down[id] = downNode{signalLeaderChange, msgNoSession, 0}
+		default:
+			continue
+		}
+		delete(d.unconfirmed, id)
+	}
+	// What is left are verdicts on nodes with a session whose heartbeat
+	// contradicts them (they wait), or on nodes this leader does not see
+	// as up: nothing to do about those.
+	for id := range d.verdicts {
+		if d.sessions[id] == nil {
+			delete(d.verdicts, id)
 		}
 	}
 	d.mu.Unlock()
@@ -209,11 +255,18 @@ func (d *Dispatcher) expire(ctx context.Context) {
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		d.logger.Info("node down", "node", id, "reason", down[id])
+		v := down[id]
+		attrs := []any{"node", id, "signal", v.signal, "reason", v.msg}
+		if v.silent > 0 {
+			// Tells how far the other signal was: the heartbeat grace
+			// ends HeartbeatGraceMultiplier periods after the last one.
+			attrs = append(attrs, "last_heartbeat_ago", v.silent.Round(time.Millisecond))
+		}
+		d.logger.Info("node down", attrs...)
 	}
 	err := d.update(ctx, func(tx store.ReadTx, b *store.Batch) error {
 		for _, id := range ids {
-			d.addNodeState(tx, b, id, shoalpb.NodeState_NODE_STATE_DOWN, down[id])
+			d.addNodeState(tx, b, id, shoalpb.NodeState_NODE_STATE_DOWN, down[id].msg)
 		}
 		return nil
 	})

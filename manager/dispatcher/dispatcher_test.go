@@ -59,6 +59,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 type harness struct {
 	t      *testing.T
 	s      *store.Store
+	d      *Dispatcher
 	clock  *fakeClock
 	client shoalpb.DispatcherClient
 }
@@ -74,6 +75,7 @@ func newHarness(t *testing.T, run bool, preload func(b *store.Batch)) *harness {
 		h.update(func(_ store.ReadTx, b *store.Batch) error { preload(b); return nil })
 	}
 	d := New(s, Config{HeartbeatPeriod: testPeriod, Clock: h.clock.Now})
+	h.d = d
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()

@@ -92,6 +92,7 @@ func (d *Dispatcher) register(runCtx context.Context, nodeID string) *session {
 	}
 	d.sessions[nodeID] = s
 	delete(d.unconfirmed, nodeID)
+	delete(d.verdicts, nodeID) // the node answers: gossip's verdict is stale
 	return s
 }
 
@@ -190,6 +191,7 @@ func (d *Dispatcher) Heartbeat(_ context.Context, req *shoalpb.HeartbeatRequest)
 	}
 	d.mu.Lock()
 	s.lastBeat = d.now()
+	delete(d.verdicts, s.nodeID) // the node answers: gossip's verdict is stale
 	d.mu.Unlock()
 	return &shoalpb.HeartbeatResponse{Period: durationpb.New(d.period)}, nil
 }

@@ -1,0 +1,125 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/shoal-project/shoal/overlay/gossip"
+)
+
+// DefaultGossipPort is the gossip port, TCP and UDP. Every host of a
+// cluster uses the same one: a host joins the others' gossip at the
+// managers' hosts on its own gossip port.
+const DefaultGossipPort = gossip.DefaultPort
+
+// startGossip makes this host a member of the cluster's gossip, named by
+// its node id on its advertise address, joining through the managers
+// (their cluster API addresses: only the host is used); when it is one
+// already, it only updates the managers. The member lives until
+// stopGossip or ctx ends, across promotions and demotions. Gossip events
+// go to the manager on this host, if any: its dispatcher acts on them when
+// it leads.
+//
+// A host whose gossip cannot start (its port taken, say) still works: the
+// managers then notice its loss by heartbeats alone, which is slower.
+func (d *Daemon) startGossip(ctx context.Context, managers []string) {
+	seeds := d.gossipSeeds(managers)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gossip != nil {
+		d.gossip.SetSeeds(seeds)
+		return
+	}
+	cfg := gossip.Config{
+		Name:   d.nodeID,
+		Port:   d.cfg.GossipPort,
+		Logger: d.log.With("component", "gossip"),
+	}
+	if host, _, err := net.SplitHostPort(d.advertiseAddr()); err == nil {
+		if ip, err := netip.ParseAddr(host); err == nil && !ip.IsUnspecified() {
+			cfg.BindAddr = ip
+		}
+	}
+	g, err := gossip.New(cfg)
+	if err != nil {
+		d.log.Error("gossip not started: node loss is noticed by heartbeats only", "err", err)
+		return
+	}
+	g.SetSeeds(seeds)
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	d.gossip, d.gossipCancel, d.gossipDone = g, cancel, done
+	d.goBackground(func() {
+		defer close(done)
+		delivered := make(chan struct{})
+		go func() {
+			defer close(delivered)
+			for ev := range g.Events() {
+				d.onGossip(ev)
+			}
+		}()
+		if err := g.Run(gctx); err != nil {
+			d.log.Warn("gossip stopped", "err", err)
+		}
+		<-delivered
+	})
+}
+
+// setGossipSeeds gives the gossip member the managers' addresses the
+// dispatcher sent (cluster API addresses).
+func (d *Daemon) setGossipSeeds(managers []string) {
+	d.mu.Lock()
+	g := d.gossip
+	d.mu.Unlock()
+	if g != nil {
+		g.SetSeeds(d.gossipSeeds(managers))
+	}
+}
+
+// stopGossip leaves the gossip (the others see this host left, not
+// failed) and waits until the port is released.
+func (d *Daemon) stopGossip() {
+	d.mu.Lock()
+	cancel, done := d.gossipCancel, d.gossipDone
+	d.gossip, d.gossipCancel, d.gossipDone = nil, nil, nil
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// gossipSeeds turns the managers' cluster API addresses into their gossip
+// addresses.
+func (d *Daemon) gossipSeeds(managers []string) []string {
+	var seeds []string
+	for _, a := range managers {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			host = a
+		}
+		seeds = append(seeds, net.JoinHostPort(host, strconv.Itoa(d.cfg.GossipPort)))
+	}
+	return seeds
+}
+
+// onGossip hands what gossip says about another node to this host's
+// manager. Only a failed node matters to the dispatcher (a node that left
+// closes its session itself); a node alive again withdraws a verdict.
+func (d *Daemon) onGossip(ev gossip.Event) {
+	d.log.Info("gossip: node "+ev.Kind.String(), "node", ev.Node, "addr", ev.Addr.String())
+	d.mu.Lock()
+	m := d.mgr
+	d.mu.Unlock()
+	if m == nil {
+		return
+	}
+	switch ev.Kind {
+	case gossip.Failed:
+		m.NodeUnreachable(ev.Node)
+	case gossip.Alive:
+		m.NodeReachable(ev.Node)
+	}
+}
