@@ -21,6 +21,343 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CreateNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *NetworkSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNetworkRequest) Reset() {
+	*x = CreateNetworkRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNetworkRequest) ProtoMessage() {}
+
+func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNetworkRequest.ProtoReflect.Descriptor instead.
+func (*CreateNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CreateNetworkRequest) GetSpec() *NetworkSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type CreateNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       *Network               `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateNetworkResponse) Reset() {
+	*x = CreateNetworkResponse{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateNetworkResponse) ProtoMessage() {}
+
+func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateNetworkResponse.ProtoReflect.Descriptor instead.
+func (*CreateNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreateNetworkResponse) GetNetwork() *Network {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+// GetNetworkRequest names a network by full id, unique id prefix or name.
+type GetNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNetworkRequest) Reset() {
+	*x = GetNetworkRequest{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNetworkRequest) ProtoMessage() {}
+
+func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
+func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetNetworkRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+type GetNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       *Network               `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNetworkResponse) Reset() {
+	*x = GetNetworkResponse{}
+	mi := &file_control_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNetworkResponse) ProtoMessage() {}
+
+func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
+func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetNetworkResponse) GetNetwork() *Network {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+type ListNetworksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNetworksRequest) Reset() {
+	*x = ListNetworksRequest{}
+	mi := &file_control_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNetworksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNetworksRequest) ProtoMessage() {}
+
+func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNetworksRequest.ProtoReflect.Descriptor instead.
+func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{4}
+}
+
+type ListNetworksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Networks      []*Network             `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNetworksResponse) Reset() {
+	*x = ListNetworksResponse{}
+	mi := &file_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNetworksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNetworksResponse) ProtoMessage() {}
+
+func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNetworksResponse.ProtoReflect.Descriptor instead.
+func (*ListNetworksResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListNetworksResponse) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+type RemoveNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkRequest) Reset() {
+	*x = RemoveNetworkRequest{}
+	mi := &file_control_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkRequest) ProtoMessage() {}
+
+func (x *RemoveNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RemoveNetworkRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+type RemoveNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkResponse) Reset() {
+	*x = RemoveNetworkResponse{}
+	mi := &file_control_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkResponse) ProtoMessage() {}
+
+func (x *RemoveNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{7}
+}
+
 type CreateServiceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *ServiceSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -30,7 +367,7 @@ type CreateServiceRequest struct {
 
 func (x *CreateServiceRequest) Reset() {
 	*x = CreateServiceRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +379,7 @@ func (x *CreateServiceRequest) String() string {
 func (*CreateServiceRequest) ProtoMessage() {}
 
 func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +392,7 @@ func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceRequest.ProtoReflect.Descriptor instead.
 func (*CreateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
@@ -74,7 +411,7 @@ type CreateServiceResponse struct {
 
 func (x *CreateServiceResponse) Reset() {
 	*x = CreateServiceResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +423,7 @@ func (x *CreateServiceResponse) String() string {
 func (*CreateServiceResponse) ProtoMessage() {}
 
 func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +436,7 @@ func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceResponse.ProtoReflect.Descriptor instead.
 func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateServiceResponse) GetService() *Service {
@@ -119,7 +456,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -131,7 +468,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -144,7 +481,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetServiceRequest) GetService() string {
@@ -163,7 +500,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +512,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +525,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetServiceResponse) GetService() *Service {
@@ -208,7 +545,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +557,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +570,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListServicesRequest) GetNames() []string {
@@ -252,7 +589,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +601,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +614,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -298,7 +635,7 @@ type UpdateServiceRequest struct {
 
 func (x *UpdateServiceRequest) Reset() {
 	*x = UpdateServiceRequest{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +647,7 @@ func (x *UpdateServiceRequest) String() string {
 func (*UpdateServiceRequest) ProtoMessage() {}
 
 func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +660,7 @@ func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateServiceRequest) GetServiceId() string {
@@ -356,7 +693,7 @@ type UpdateServiceResponse struct {
 
 func (x *UpdateServiceResponse) Reset() {
 	*x = UpdateServiceResponse{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +705,7 @@ func (x *UpdateServiceResponse) String() string {
 func (*UpdateServiceResponse) ProtoMessage() {}
 
 func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +718,7 @@ func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateServiceResponse) GetService() *Service {
@@ -400,7 +737,7 @@ type RemoveServiceRequest struct {
 
 func (x *RemoveServiceRequest) Reset() {
 	*x = RemoveServiceRequest{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +749,7 @@ func (x *RemoveServiceRequest) String() string {
 func (*RemoveServiceRequest) ProtoMessage() {}
 
 func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +762,7 @@ func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveServiceRequest) GetService() string {
@@ -443,7 +780,7 @@ type RemoveServiceResponse struct {
 
 func (x *RemoveServiceResponse) Reset() {
 	*x = RemoveServiceResponse{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +792,7 @@ func (x *RemoveServiceResponse) String() string {
 func (*RemoveServiceResponse) ProtoMessage() {}
 
 func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +805,7 @@ func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 type GetTaskRequest struct {
@@ -480,7 +817,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +829,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +842,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetTaskRequest) GetTask() string {
@@ -524,7 +861,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +873,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +886,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -571,7 +908,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +920,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +933,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListTasksRequest) GetServiceIds() []string {
@@ -629,7 +966,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +978,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +991,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -673,7 +1010,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +1022,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +1035,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -717,7 +1054,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +1066,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +1079,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -764,7 +1101,7 @@ type UpdateNodeRequest struct {
 
 func (x *UpdateNodeRequest) Reset() {
 	*x = UpdateNodeRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +1113,7 @@ func (x *UpdateNodeRequest) String() string {
 func (*UpdateNodeRequest) ProtoMessage() {}
 
 func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +1126,7 @@ func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateNodeRequest) GetNode() string {
@@ -822,7 +1159,7 @@ type UpdateNodeResponse struct {
 
 func (x *UpdateNodeResponse) Reset() {
 	*x = UpdateNodeResponse{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +1171,7 @@ func (x *UpdateNodeResponse) String() string {
 func (*UpdateNodeResponse) ProtoMessage() {}
 
 func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +1184,7 @@ func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateNodeResponse) GetNode() *Node {
@@ -867,7 +1204,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1216,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1229,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -917,7 +1254,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1266,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1279,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 type SetNodeRoleRequest struct {
@@ -955,7 +1292,7 @@ type SetNodeRoleRequest struct {
 
 func (x *SetNodeRoleRequest) Reset() {
 	*x = SetNodeRoleRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1304,7 @@ func (x *SetNodeRoleRequest) String() string {
 func (*SetNodeRoleRequest) ProtoMessage() {}
 
 func (x *SetNodeRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1317,7 @@ func (x *SetNodeRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeRoleRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetNodeRoleRequest) GetNode() string {
@@ -1006,7 +1343,7 @@ type SetNodeRoleResponse struct {
 
 func (x *SetNodeRoleResponse) Reset() {
 	*x = SetNodeRoleResponse{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1355,7 @@ func (x *SetNodeRoleResponse) String() string {
 func (*SetNodeRoleResponse) ProtoMessage() {}
 
 func (x *SetNodeRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1368,7 @@ func (x *SetNodeRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetNodeRoleResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetNodeRoleResponse) GetNode() *Node {
@@ -1049,7 +1386,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1398,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1411,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 type ListNodesResponse struct {
@@ -1086,7 +1423,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1435,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1448,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1131,7 +1468,7 @@ type GetJoinTokenRequest struct {
 
 func (x *GetJoinTokenRequest) Reset() {
 	*x = GetJoinTokenRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1480,7 @@ func (x *GetJoinTokenRequest) String() string {
 func (*GetJoinTokenRequest) ProtoMessage() {}
 
 func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1493,7 @@ func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetJoinTokenRequest) GetRole() NodeRole {
@@ -1184,7 +1521,7 @@ type GetJoinTokenResponse struct {
 
 func (x *GetJoinTokenResponse) Reset() {
 	*x = GetJoinTokenResponse{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1533,7 @@ func (x *GetJoinTokenResponse) String() string {
 func (*GetJoinTokenResponse) ProtoMessage() {}
 
 func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1546,7 @@ func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetJoinTokenResponse) GetToken() string {
@@ -1235,7 +1572,7 @@ type GetOperatorTokenRequest struct {
 
 func (x *GetOperatorTokenRequest) Reset() {
 	*x = GetOperatorTokenRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1584,7 @@ func (x *GetOperatorTokenRequest) String() string {
 func (*GetOperatorTokenRequest) ProtoMessage() {}
 
 func (x *GetOperatorTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1597,7 @@ func (x *GetOperatorTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperatorTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetOperatorTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetOperatorTokenRequest) GetRotate() bool {
@@ -1279,7 +1616,7 @@ type GetOperatorTokenResponse struct {
 
 func (x *GetOperatorTokenResponse) Reset() {
 	*x = GetOperatorTokenResponse{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1628,7 @@ func (x *GetOperatorTokenResponse) String() string {
 func (*GetOperatorTokenResponse) ProtoMessage() {}
 
 func (x *GetOperatorTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1641,7 @@ func (x *GetOperatorTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperatorTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetOperatorTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetOperatorTokenResponse) GetToken() string {
@@ -1322,7 +1659,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1671,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1684,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 type GetClusterResponse struct {
@@ -1359,7 +1696,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1708,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1721,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1399,6 +1736,20 @@ var File_control_proto protoreflect.FileDescriptor
 const file_control_proto_rawDesc = "" +
 	"\n" +
 	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"A\n" +
+	"\x14CreateNetworkRequest\x12)\n" +
+	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.NetworkSpecR\x04spec\"D\n" +
+	"\x15CreateNetworkResponse\x12+\n" +
+	"\anetwork\x18\x01 \x01(\v2\x11.shoal.v1.NetworkR\anetwork\"-\n" +
+	"\x11GetNetworkRequest\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\"A\n" +
+	"\x12GetNetworkResponse\x12+\n" +
+	"\anetwork\x18\x01 \x01(\v2\x11.shoal.v1.NetworkR\anetwork\"\x15\n" +
+	"\x13ListNetworksRequest\"E\n" +
+	"\x14ListNetworksResponse\x12-\n" +
+	"\bnetworks\x18\x01 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks\"0\n" +
+	"\x14RemoveNetworkRequest\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\"\x17\n" +
+	"\x15RemoveNetworkResponse\"A\n" +
 	"\x14CreateServiceRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"D\n" +
 	"\x15CreateServiceResponse\x12+\n" +
@@ -1466,7 +1817,7 @@ const file_control_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xf4\b\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xb0\v\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1486,7 +1837,12 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12M\n" +
 	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponse\x12Y\n" +
-	"\x10GetOperatorToken\x12!.shoal.v1.GetOperatorTokenRequest\x1a\".shoal.v1.GetOperatorTokenResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
+	"\x10GetOperatorToken\x12!.shoal.v1.GetOperatorTokenRequest\x1a\".shoal.v1.GetOperatorTokenResponse\x12P\n" +
+	"\rCreateNetwork\x12\x1e.shoal.v1.CreateNetworkRequest\x1a\x1f.shoal.v1.CreateNetworkResponse\x12G\n" +
+	"\n" +
+	"GetNetwork\x12\x1b.shoal.v1.GetNetworkRequest\x1a\x1c.shoal.v1.GetNetworkResponse\x12M\n" +
+	"\fListNetworks\x12\x1d.shoal.v1.ListNetworksRequest\x1a\x1e.shoal.v1.ListNetworksResponse\x12P\n" +
+	"\rRemoveNetwork\x12\x1e.shoal.v1.RemoveNetworkRequest\x1a\x1f.shoal.v1.RemoveNetworkResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1500,100 +1856,122 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_control_proto_goTypes = []any{
-	(*CreateServiceRequest)(nil),     // 0: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),    // 1: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),        // 2: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),       // 3: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),      // 4: shoal.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 5: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),     // 6: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),    // 7: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),     // 8: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),    // 9: shoal.v1.RemoveServiceResponse
-	(*GetTaskRequest)(nil),           // 10: shoal.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),          // 11: shoal.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),         // 12: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),        // 13: shoal.v1.ListTasksResponse
-	(*GetNodeRequest)(nil),           // 14: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),          // 15: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),        // 16: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),       // 17: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),        // 18: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),       // 19: shoal.v1.RemoveNodeResponse
-	(*SetNodeRoleRequest)(nil),       // 20: shoal.v1.SetNodeRoleRequest
-	(*SetNodeRoleResponse)(nil),      // 21: shoal.v1.SetNodeRoleResponse
-	(*ListNodesRequest)(nil),         // 22: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 23: shoal.v1.ListNodesResponse
-	(*GetJoinTokenRequest)(nil),      // 24: shoal.v1.GetJoinTokenRequest
-	(*GetJoinTokenResponse)(nil),     // 25: shoal.v1.GetJoinTokenResponse
-	(*GetOperatorTokenRequest)(nil),  // 26: shoal.v1.GetOperatorTokenRequest
-	(*GetOperatorTokenResponse)(nil), // 27: shoal.v1.GetOperatorTokenResponse
-	(*GetClusterRequest)(nil),        // 28: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),       // 29: shoal.v1.GetClusterResponse
-	(*ServiceSpec)(nil),              // 30: shoal.v1.ServiceSpec
-	(*Service)(nil),                  // 31: shoal.v1.Service
-	(*Task)(nil),                     // 32: shoal.v1.Task
-	(TaskState)(0),                   // 33: shoal.v1.TaskState
-	(*Node)(nil),                     // 34: shoal.v1.Node
-	(*NodeSpec)(nil),                 // 35: shoal.v1.NodeSpec
-	(NodeRole)(0),                    // 36: shoal.v1.NodeRole
-	(*Cluster)(nil),                  // 37: shoal.v1.Cluster
+	(*CreateNetworkRequest)(nil),     // 0: shoal.v1.CreateNetworkRequest
+	(*CreateNetworkResponse)(nil),    // 1: shoal.v1.CreateNetworkResponse
+	(*GetNetworkRequest)(nil),        // 2: shoal.v1.GetNetworkRequest
+	(*GetNetworkResponse)(nil),       // 3: shoal.v1.GetNetworkResponse
+	(*ListNetworksRequest)(nil),      // 4: shoal.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),     // 5: shoal.v1.ListNetworksResponse
+	(*RemoveNetworkRequest)(nil),     // 6: shoal.v1.RemoveNetworkRequest
+	(*RemoveNetworkResponse)(nil),    // 7: shoal.v1.RemoveNetworkResponse
+	(*CreateServiceRequest)(nil),     // 8: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),    // 9: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),        // 10: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),       // 11: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),      // 12: shoal.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),     // 13: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),     // 14: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),    // 15: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),     // 16: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),    // 17: shoal.v1.RemoveServiceResponse
+	(*GetTaskRequest)(nil),           // 18: shoal.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),          // 19: shoal.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),         // 20: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),        // 21: shoal.v1.ListTasksResponse
+	(*GetNodeRequest)(nil),           // 22: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),          // 23: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),        // 24: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),       // 25: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),        // 26: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),       // 27: shoal.v1.RemoveNodeResponse
+	(*SetNodeRoleRequest)(nil),       // 28: shoal.v1.SetNodeRoleRequest
+	(*SetNodeRoleResponse)(nil),      // 29: shoal.v1.SetNodeRoleResponse
+	(*ListNodesRequest)(nil),         // 30: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),        // 31: shoal.v1.ListNodesResponse
+	(*GetJoinTokenRequest)(nil),      // 32: shoal.v1.GetJoinTokenRequest
+	(*GetJoinTokenResponse)(nil),     // 33: shoal.v1.GetJoinTokenResponse
+	(*GetOperatorTokenRequest)(nil),  // 34: shoal.v1.GetOperatorTokenRequest
+	(*GetOperatorTokenResponse)(nil), // 35: shoal.v1.GetOperatorTokenResponse
+	(*GetClusterRequest)(nil),        // 36: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),       // 37: shoal.v1.GetClusterResponse
+	(*NetworkSpec)(nil),              // 38: shoal.v1.NetworkSpec
+	(*Network)(nil),                  // 39: shoal.v1.Network
+	(*ServiceSpec)(nil),              // 40: shoal.v1.ServiceSpec
+	(*Service)(nil),                  // 41: shoal.v1.Service
+	(*Task)(nil),                     // 42: shoal.v1.Task
+	(TaskState)(0),                   // 43: shoal.v1.TaskState
+	(*Node)(nil),                     // 44: shoal.v1.Node
+	(*NodeSpec)(nil),                 // 45: shoal.v1.NodeSpec
+	(NodeRole)(0),                    // 46: shoal.v1.NodeRole
+	(*Cluster)(nil),                  // 47: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	30, // 0: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	31, // 1: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	31, // 2: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	31, // 3: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	30, // 4: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	31, // 5: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	32, // 6: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	33, // 7: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	32, // 8: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	34, // 9: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	35, // 10: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	34, // 11: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	36, // 12: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
-	34, // 13: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
-	34, // 14: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	36, // 15: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	37, // 16: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	0,  // 17: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	2,  // 18: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	4,  // 19: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	6,  // 20: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	8,  // 21: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	10, // 22: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
-	12, // 23: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	14, // 24: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	22, // 25: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	16, // 26: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	18, // 27: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	20, // 28: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
-	28, // 29: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	24, // 30: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
-	26, // 31: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
-	1,  // 32: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	3,  // 33: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	5,  // 34: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	7,  // 35: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	9,  // 36: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	11, // 37: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	13, // 38: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	15, // 39: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	23, // 40: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	17, // 41: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	19, // 42: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	21, // 43: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
-	29, // 44: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	25, // 45: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
-	27, // 46: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
-	32, // [32:47] is the sub-list for method output_type
-	17, // [17:32] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	38, // 0: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
+	39, // 1: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
+	39, // 2: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
+	39, // 3: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
+	40, // 4: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	41, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	41, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	41, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	40, // 8: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	41, // 9: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	42, // 10: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	43, // 11: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	42, // 12: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	44, // 13: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	45, // 14: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	44, // 15: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	46, // 16: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
+	44, // 17: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
+	44, // 18: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	46, // 19: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	47, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	8,  // 21: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	10, // 22: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	12, // 23: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	14, // 24: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	16, // 25: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	18, // 26: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
+	20, // 27: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	22, // 28: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	30, // 29: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	24, // 30: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	26, // 31: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	28, // 32: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
+	36, // 33: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	32, // 34: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
+	34, // 35: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
+	0,  // 36: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
+	2,  // 37: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
+	4,  // 38: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
+	6,  // 39: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
+	9,  // 40: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	11, // 41: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	13, // 42: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	15, // 43: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	17, // 44: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	19, // 45: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	21, // 46: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	23, // 47: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	31, // 48: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	25, // 49: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	27, // 50: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	29, // 51: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
+	37, // 52: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 53: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	35, // 54: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
+	1,  // 55: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
+	3,  // 56: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
+	5,  // 57: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
+	7,  // 58: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
+	40, // [40:59] is the sub-list for method output_type
+	21, // [21:40] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1608,7 +1986,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -453,6 +453,52 @@ func (PortConfig_PublishMode) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{11, 1}
 }
 
+type EndpointSpec_Mode int32
+
+const (
+	EndpointSpec_MODE_VIP   EndpointSpec_Mode = 0 // one virtual IP per network, balanced to ready tasks
+	EndpointSpec_MODE_DNSRR EndpointSpec_Mode = 1 // the service name resolves to the ready tasks' IPs
+)
+
+// Enum value maps for EndpointSpec_Mode.
+var (
+	EndpointSpec_Mode_name = map[int32]string{
+		0: "MODE_VIP",
+		1: "MODE_DNSRR",
+	}
+	EndpointSpec_Mode_value = map[string]int32{
+		"MODE_VIP":   0,
+		"MODE_DNSRR": 1,
+	}
+)
+
+func (x EndpointSpec_Mode) Enum() *EndpointSpec_Mode {
+	p := new(EndpointSpec_Mode)
+	*p = x
+	return p
+}
+
+func (x EndpointSpec_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EndpointSpec_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[8].Descriptor()
+}
+
+func (EndpointSpec_Mode) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[8]
+}
+
+func (x EndpointSpec_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EndpointSpec_Mode.Descriptor instead.
+func (EndpointSpec_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{12, 0}
+}
+
 type StoreAction_Kind int32
 
 const (
@@ -489,11 +535,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[8].Descriptor()
+	return file_objects_proto_enumTypes[9].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[8]
+	return &file_objects_proto_enumTypes[9]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -502,7 +548,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24, 0}
+	return file_objects_proto_rawDescGZIP(), []int{30, 0}
 }
 
 // Meta is carried by every stored object.
@@ -1393,6 +1439,7 @@ func (x *PortConfig) GetPublishMode() PortConfig_PublishMode {
 type EndpointSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ports         []*PortConfig          `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	Mode          EndpointSpec_Mode      `protobuf:"varint,2,opt,name=mode,proto3,enum=shoal.v1.EndpointSpec_Mode" json:"mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1434,6 +1481,424 @@ func (x *EndpointSpec) GetPorts() []*PortConfig {
 	return nil
 }
 
+func (x *EndpointSpec) GetMode() EndpointSpec_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return EndpointSpec_MODE_VIP
+}
+
+// NetworkAttachmentConfig attaches a service's tasks to a network.
+type NetworkAttachmentConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Target is the network's id or name as given; the control API stores
+	// the id.
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// Aliases are extra DNS names of the service on this network.
+	Aliases       []string `protobuf:"bytes,2,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkAttachmentConfig) Reset() {
+	*x = NetworkAttachmentConfig{}
+	mi := &file_objects_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkAttachmentConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkAttachmentConfig) ProtoMessage() {}
+
+func (x *NetworkAttachmentConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkAttachmentConfig.ProtoReflect.Descriptor instead.
+func (*NetworkAttachmentConfig) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *NetworkAttachmentConfig) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *NetworkAttachmentConfig) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+// VirtualIP is a service's address on one network.
+type VirtualIP struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NetworkId string                 `protobuf:"bytes,1,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	// Addr is in CIDR notation, e.g. 10.10.1.2/24.
+	Addr          string `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VirtualIP) Reset() {
+	*x = VirtualIP{}
+	mi := &file_objects_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VirtualIP) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VirtualIP) ProtoMessage() {}
+
+func (x *VirtualIP) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VirtualIP.ProtoReflect.Descriptor instead.
+func (*VirtualIP) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *VirtualIP) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *VirtualIP) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+// ServiceEndpoint is what the managers allocated for a service.
+type ServiceEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VirtualIps    []*VirtualIP           `protobuf:"bytes,1,rep,name=virtual_ips,json=virtualIps,proto3" json:"virtual_ips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEndpoint) Reset() {
+	*x = ServiceEndpoint{}
+	mi := &file_objects_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEndpoint) ProtoMessage() {}
+
+func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEndpoint.ProtoReflect.Descriptor instead.
+func (*ServiceEndpoint) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ServiceEndpoint) GetVirtualIps() []*VirtualIP {
+	if x != nil {
+		return x.VirtualIps
+	}
+	return nil
+}
+
+type NetworkSpec struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Driver is "overlay", the only one so far.
+	Driver string `protobuf:"bytes,3,opt,name=driver,proto3" json:"driver,omitempty"`
+	// Subnet in CIDR notation; empty means one from the cluster's pools.
+	Subnet string `protobuf:"bytes,4,opt,name=subnet,proto3" json:"subnet,omitempty"`
+	// Gateway is the bridge's address on each host; empty means the
+	// subnet's first address.
+	Gateway string `protobuf:"bytes,5,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Encrypted networks carry no cleartext between hosts (WireGuard).
+	Encrypted bool `protobuf:"varint,6,opt,name=encrypted,proto3" json:"encrypted,omitempty"`
+	// Attachable networks take containers that no service runs.
+	Attachable bool `protobuf:"varint,7,opt,name=attachable,proto3" json:"attachable,omitempty"`
+	// Internal networks have no route out of the cluster.
+	Internal      bool `protobuf:"varint,8,opt,name=internal,proto3" json:"internal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkSpec) Reset() {
+	*x = NetworkSpec{}
+	mi := &file_objects_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkSpec) ProtoMessage() {}
+
+func (x *NetworkSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkSpec.ProtoReflect.Descriptor instead.
+func (*NetworkSpec) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *NetworkSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetworkSpec) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *NetworkSpec) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
+}
+
+func (x *NetworkSpec) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *NetworkSpec) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetworkSpec) GetEncrypted() bool {
+	if x != nil {
+		return x.Encrypted
+	}
+	return false
+}
+
+func (x *NetworkSpec) GetAttachable() bool {
+	if x != nil {
+		return x.Attachable
+	}
+	return false
+}
+
+func (x *NetworkSpec) GetInternal() bool {
+	if x != nil {
+		return x.Internal
+	}
+	return false
+}
+
+// Network is an overlay network and what the managers allocated for it.
+type Network struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec  *NetworkSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// VNI is the VXLAN network identifier, from 4096 up.
+	Vni uint32 `protobuf:"varint,4,opt,name=vni,proto3" json:"vni,omitempty"`
+	// Subnet and Gateway as allocated (CIDR, address).
+	Subnet        string `protobuf:"bytes,5,opt,name=subnet,proto3" json:"subnet,omitempty"`
+	Gateway       string `protobuf:"bytes,6,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Network) Reset() {
+	*x = Network{}
+	mi := &file_objects_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Network) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Network) ProtoMessage() {}
+
+func (x *Network) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Network.ProtoReflect.Descriptor instead.
+func (*Network) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Network) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Network) GetMeta() *Meta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Network) GetSpec() *NetworkSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Network) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *Network) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *Network) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+// NetworkAttachment is a task's place on one network.
+type NetworkAttachment struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NetworkId string                 `protobuf:"bytes,1,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	// Addresses in CIDR notation.
+	Addresses     []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Mac           string   `protobuf:"bytes,3,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkAttachment) Reset() {
+	*x = NetworkAttachment{}
+	mi := &file_objects_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkAttachment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkAttachment) ProtoMessage() {}
+
+func (x *NetworkAttachment) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkAttachment.ProtoReflect.Descriptor instead.
+func (*NetworkAttachment) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NetworkAttachment) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *NetworkAttachment) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *NetworkAttachment) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
 type ReplicatedService struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replicas      uint64                 `protobuf:"varint,1,opt,name=replicas,proto3" json:"replicas,omitempty"`
@@ -1443,7 +1908,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1920,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1933,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1486,7 +1951,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1963,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1976,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 // Placement says where a service's tasks may run.
@@ -1533,7 +1998,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +2010,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +2023,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -1593,7 +2058,7 @@ type PlacementPreference struct {
 
 func (x *PlacementPreference) Reset() {
 	*x = PlacementPreference{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +2070,7 @@ func (x *PlacementPreference) String() string {
 func (*PlacementPreference) ProtoMessage() {}
 
 func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +2083,7 @@ func (x *PlacementPreference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementPreference.ProtoReflect.Descriptor instead.
 func (*PlacementPreference) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PlacementPreference) GetSpread() string {
@@ -1629,13 +2094,14 @@ func (x *PlacementPreference) GetSpread() string {
 }
 
 type ServiceSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Container     *ContainerSpec         `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
-	Placement     *Placement             `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
-	RestartPolicy *RestartPolicy         `protobuf:"bytes,5,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
-	Endpoint      *EndpointSpec          `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Name          string                     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels        map[string]string          `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Container     *ContainerSpec             `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	Placement     *Placement                 `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	RestartPolicy *RestartPolicy             `protobuf:"bytes,5,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	Endpoint      *EndpointSpec              `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Networks      []*NetworkAttachmentConfig `protobuf:"bytes,7,rep,name=networks,proto3" json:"networks,omitempty"`
 	// Types that are valid to be assigned to Mode:
 	//
 	//	*ServiceSpec_Replicated
@@ -1647,7 +2113,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +2125,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +2138,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -1713,6 +2179,13 @@ func (x *ServiceSpec) GetRestartPolicy() *RestartPolicy {
 func (x *ServiceSpec) GetEndpoint() *EndpointSpec {
 	if x != nil {
 		return x.Endpoint
+	}
+	return nil
+}
+
+func (x *ServiceSpec) GetNetworks() []*NetworkAttachmentConfig {
+	if x != nil {
+		return x.Networks
 	}
 	return nil
 }
@@ -1759,17 +2232,19 @@ func (*ServiceSpec_Replicated) isServiceSpec_Mode() {}
 func (*ServiceSpec_Global) isServiceSpec_Mode() {}
 
 type Service struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
-	Spec          *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta  *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec  *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Endpoint holds the service's virtual IPs, allocated by the managers.
+	Endpoint      *ServiceEndpoint `protobuf:"bytes,4,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2256,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2269,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Service) GetId() string {
@@ -1814,6 +2289,13 @@ func (x *Service) GetMeta() *Meta {
 func (x *Service) GetSpec() *ServiceSpec {
 	if x != nil {
 		return x.Spec
+	}
+	return nil
+}
+
+func (x *Service) GetEndpoint() *ServiceEndpoint {
+	if x != nil {
+		return x.Endpoint
 	}
 	return nil
 }
@@ -1839,7 +2321,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +2333,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2346,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TaskStatus) GetTimestamp() *timestamppb.Timestamp {
@@ -1945,13 +2427,16 @@ type Task struct {
 	Status       *TaskStatus  `protobuf:"bytes,9,opt,name=status,proto3" json:"status,omitempty"`
 	// ServiceVersion is the service's Meta.version the task was made from.
 	ServiceVersion uint64 `protobuf:"varint,10,opt,name=service_version,json=serviceVersion,proto3" json:"service_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Networks are the task's overlay attachments, allocated before it is
+	// placed.
+	Networks      []*NetworkAttachment `protobuf:"bytes,11,rep,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2448,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2461,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Task) GetId() string {
@@ -2049,18 +2534,29 @@ func (x *Task) GetServiceVersion() uint64 {
 	return 0
 }
 
+func (x *Task) GetNetworks() []*NetworkAttachment {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
 type ClusterSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// TaskHistoryLimit is how many finished tasks are kept per slot.
 	TaskHistoryLimit int64 `protobuf:"varint,2,opt,name=task_history_limit,json=taskHistoryLimit,proto3" json:"task_history_limit,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// DefaultAddressPools are the CIDRs overlay subnets are taken from,
+	// SubnetSize bits each (e.g. 10.10.0.0/16 in /24s).
+	DefaultAddressPools []string `protobuf:"bytes,3,rep,name=default_address_pools,json=defaultAddressPools,proto3" json:"default_address_pools,omitempty"`
+	SubnetSize          uint32   `protobuf:"varint,4,opt,name=subnet_size,json=subnetSize,proto3" json:"subnet_size,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2568,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2581,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -2098,6 +2594,20 @@ func (x *ClusterSpec) GetName() string {
 func (x *ClusterSpec) GetTaskHistoryLimit() int64 {
 	if x != nil {
 		return x.TaskHistoryLimit
+	}
+	return 0
+}
+
+func (x *ClusterSpec) GetDefaultAddressPools() []string {
+	if x != nil {
+		return x.DefaultAddressPools
+	}
+	return nil
+}
+
+func (x *ClusterSpec) GetSubnetSize() uint32 {
+	if x != nil {
+		return x.SubnetSize
 	}
 	return 0
 }
@@ -2119,7 +2629,7 @@ type ClusterSecurity struct {
 
 func (x *ClusterSecurity) Reset() {
 	*x = ClusterSecurity{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2641,7 @@ func (x *ClusterSecurity) String() string {
 func (*ClusterSecurity) ProtoMessage() {}
 
 func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2654,7 @@ func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSecurity.ProtoReflect.Descriptor instead.
 func (*ClusterSecurity) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ClusterSecurity) GetCaCertPem() []byte {
@@ -2194,7 +2704,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2716,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2729,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Cluster) GetId() string {
@@ -2263,6 +2773,7 @@ type StoreAction struct {
 	//	*StoreAction_Service
 	//	*StoreAction_Task
 	//	*StoreAction_Cluster
+	//	*StoreAction_Network
 	Target        isStoreAction_Target `protobuf_oneof:"target"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2270,7 +2781,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2793,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2806,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2355,6 +2866,15 @@ func (x *StoreAction) GetCluster() *Cluster {
 	return nil
 }
 
+func (x *StoreAction) GetNetwork() *Network {
+	if x != nil {
+		if x, ok := x.Target.(*StoreAction_Network); ok {
+			return x.Network
+		}
+	}
+	return nil
+}
+
 type isStoreAction_Target interface {
 	isStoreAction_Target()
 }
@@ -2375,6 +2895,10 @@ type StoreAction_Cluster struct {
 	Cluster *Cluster `protobuf:"bytes,13,opt,name=cluster,proto3,oneof"`
 }
 
+type StoreAction_Network struct {
+	Network *Network `protobuf:"bytes,14,opt,name=network,proto3,oneof"`
+}
+
 func (*StoreAction_Node) isStoreAction_Target() {}
 
 func (*StoreAction_Service) isStoreAction_Target() {}
@@ -2382,6 +2906,8 @@ func (*StoreAction_Service) isStoreAction_Target() {}
 func (*StoreAction_Task) isStoreAction_Target() {}
 
 func (*StoreAction_Cluster) isStoreAction_Target() {}
+
+func (*StoreAction_Network) isStoreAction_Target() {}
 
 // StoreRequest is one Raft log entry: actions applied atomically.
 type StoreRequest struct {
@@ -2393,7 +2919,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2931,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2944,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2435,13 +2961,14 @@ type StoreSnapshot struct {
 	Services      []*Service             `protobuf:"bytes,2,rep,name=services,proto3" json:"services,omitempty"`
 	Tasks         []*Task                `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	Clusters      []*Cluster             `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Networks      []*Network             `protobuf:"bytes,5,rep,name=networks,proto3" json:"networks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2980,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2993,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2493,6 +3020,13 @@ func (x *StoreSnapshot) GetTasks() []*Task {
 func (x *StoreSnapshot) GetClusters() []*Cluster {
 	if x != nil {
 		return x.Clusters
+	}
+	return nil
+}
+
+func (x *StoreSnapshot) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
 	}
 	return nil
 }
@@ -2593,9 +3127,50 @@ const file_objects_proto_rawDesc = "" +
 	"\fPROTOCOL_UDP\x10\x01\">\n" +
 	"\vPublishMode\x12\x18\n" +
 	"\x14PUBLISH_MODE_INGRESS\x10\x00\x12\x15\n" +
-	"\x11PUBLISH_MODE_HOST\x10\x01\":\n" +
+	"\x11PUBLISH_MODE_HOST\x10\x01\"\x91\x01\n" +
 	"\fEndpointSpec\x12*\n" +
-	"\x05ports\x18\x01 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\"/\n" +
+	"\x05ports\x18\x01 \x03(\v2\x14.shoal.v1.PortConfigR\x05ports\x12/\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x1b.shoal.v1.EndpointSpec.ModeR\x04mode\"$\n" +
+	"\x04Mode\x12\f\n" +
+	"\bMODE_VIP\x10\x00\x12\x0e\n" +
+	"\n" +
+	"MODE_DNSRR\x10\x01\"K\n" +
+	"\x17NetworkAttachmentConfig\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x18\n" +
+	"\aaliases\x18\x02 \x03(\tR\aaliases\">\n" +
+	"\tVirtualIP\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x01 \x01(\tR\tnetworkId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"G\n" +
+	"\x0fServiceEndpoint\x124\n" +
+	"\vvirtual_ips\x18\x01 \x03(\v2\x13.shoal.v1.VirtualIPR\n" +
+	"virtualIps\"\xbb\x02\n" +
+	"\vNetworkSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
+	"\x06labels\x18\x02 \x03(\v2!.shoal.v1.NetworkSpec.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06driver\x18\x03 \x01(\tR\x06driver\x12\x16\n" +
+	"\x06subnet\x18\x04 \x01(\tR\x06subnet\x12\x18\n" +
+	"\agateway\x18\x05 \x01(\tR\agateway\x12\x1c\n" +
+	"\tencrypted\x18\x06 \x01(\bR\tencrypted\x12\x1e\n" +
+	"\n" +
+	"attachable\x18\a \x01(\bR\n" +
+	"attachable\x12\x1a\n" +
+	"\binternal\x18\b \x01(\bR\binternal\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x01\n" +
+	"\aNetwork\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
+	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.NetworkSpecR\x04spec\x12\x10\n" +
+	"\x03vni\x18\x04 \x01(\rR\x03vni\x12\x16\n" +
+	"\x06subnet\x18\x05 \x01(\tR\x06subnet\x12\x18\n" +
+	"\agateway\x18\x06 \x01(\tR\agateway\"b\n" +
+	"\x11NetworkAttachment\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x01 \x01(\tR\tnetworkId\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\x12\x10\n" +
+	"\x03mac\x18\x03 \x01(\tR\x03mac\"/\n" +
 	"\x11ReplicatedService\x12\x1a\n" +
 	"\breplicas\x18\x01 \x01(\x04R\breplicas\"\x0f\n" +
 	"\rGlobalService\"\x91\x01\n" +
@@ -2604,7 +3179,7 @@ const file_objects_proto_rawDesc = "" +
 	"\vpreferences\x18\x02 \x03(\v2\x1d.shoal.v1.PlacementPreferenceR\vpreferences\x12!\n" +
 	"\fmax_replicas\x18\x03 \x01(\x04R\vmaxReplicas\"-\n" +
 	"\x13PlacementPreference\x12\x16\n" +
-	"\x06spread\x18\x01 \x01(\tR\x06spread\"\xef\x03\n" +
+	"\x06spread\x18\x01 \x01(\tR\x06spread\"\xae\x04\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\x06labels\x18\x02 \x03(\v2!.shoal.v1.ServiceSpec.LabelsEntryR\x06labels\x125\n" +
@@ -2612,6 +3187,7 @@ const file_objects_proto_rawDesc = "" +
 	"\tplacement\x18\x04 \x01(\v2\x13.shoal.v1.PlacementR\tplacement\x12>\n" +
 	"\x0erestart_policy\x18\x05 \x01(\v2\x17.shoal.v1.RestartPolicyR\rrestartPolicy\x122\n" +
 	"\bendpoint\x18\x06 \x01(\v2\x16.shoal.v1.EndpointSpecR\bendpoint\x12=\n" +
+	"\bnetworks\x18\a \x03(\v2!.shoal.v1.NetworkAttachmentConfigR\bnetworks\x12=\n" +
 	"\n" +
 	"replicated\x18\n" +
 	" \x01(\v2\x1b.shoal.v1.ReplicatedServiceH\x00R\n" +
@@ -2620,11 +3196,12 @@ const file_objects_proto_rawDesc = "" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04mode\"h\n" +
+	"\x04mode\"\x9f\x01\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
-	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\"\xbc\x02\n" +
+	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ServiceSpecR\x04spec\x125\n" +
+	"\bendpoint\x18\x04 \x01(\v2\x19.shoal.v1.ServiceEndpointR\bendpoint\"\xbc\x02\n" +
 	"\n" +
 	"TaskStatus\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12)\n" +
@@ -2635,7 +3212,7 @@ const file_objects_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x06 \x01(\tR\vcontainerId\x12\x10\n" +
 	"\x03pid\x18\a \x01(\x05R\x03pid\x12-\n" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12\x1c\n" +
-	"\taddresses\x18\t \x03(\tR\taddresses\"\xe5\x02\n" +
+	"\taddresses\x18\t \x03(\tR\taddresses\"\x9e\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +
@@ -2648,10 +3225,14 @@ const file_objects_proto_rawDesc = "" +
 	"\rdesired_state\x18\b \x01(\x0e2\x13.shoal.v1.TaskStateR\fdesiredState\x12,\n" +
 	"\x06status\x18\t \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\x12'\n" +
 	"\x0fservice_version\x18\n" +
-	" \x01(\x04R\x0eserviceVersion\"O\n" +
+	" \x01(\x04R\x0eserviceVersion\x127\n" +
+	"\bnetworks\x18\v \x03(\v2\x1b.shoal.v1.NetworkAttachmentR\bnetworks\"\xa4\x01\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
-	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\"\xd0\x01\n" +
+	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x122\n" +
+	"\x15default_address_pools\x18\x03 \x03(\tR\x13defaultAddressPools\x12\x1f\n" +
+	"\vsubnet_size\x18\x04 \x01(\rR\n" +
+	"subnetSize\"\xd0\x01\n" +
 	"\x0fClusterSecurity\x12\x1e\n" +
 	"\vca_cert_pem\x18\x01 \x01(\fR\tcaCertPem\x12\x1c\n" +
 	"\n" +
@@ -2663,7 +3244,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +
 	"\x04spec\x18\x03 \x01(\v2\x15.shoal.v1.ClusterSpecR\x04spec\x125\n" +
-	"\bsecurity\x18\x04 \x01(\v2\x19.shoal.v1.ClusterSecurityR\bsecurity\"\xed\x02\n" +
+	"\bsecurity\x18\x04 \x01(\v2\x19.shoal.v1.ClusterSecurityR\bsecurity\"\x9c\x03\n" +
 	"\vStoreAction\x12.\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1a.shoal.v1.StoreAction.KindR\x04kind\x12)\n" +
 	"\x10expected_version\x18\x02 \x01(\x04R\x0fexpectedVersion\x12$\n" +
@@ -2671,7 +3252,8 @@ const file_objects_proto_rawDesc = "" +
 	" \x01(\v2\x0e.shoal.v1.NodeH\x00R\x04node\x12-\n" +
 	"\aservice\x18\v \x01(\v2\x11.shoal.v1.ServiceH\x00R\aservice\x12$\n" +
 	"\x04task\x18\f \x01(\v2\x0e.shoal.v1.TaskH\x00R\x04task\x12-\n" +
-	"\acluster\x18\r \x01(\v2\x11.shoal.v1.ClusterH\x00R\acluster\"O\n" +
+	"\acluster\x18\r \x01(\v2\x11.shoal.v1.ClusterH\x00R\acluster\x12-\n" +
+	"\anetwork\x18\x0e \x01(\v2\x11.shoal.v1.NetworkH\x00R\anetwork\"O\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vKIND_CREATE\x10\x01\x12\x0f\n" +
@@ -2679,12 +3261,13 @@ const file_objects_proto_rawDesc = "" +
 	"\vKIND_DELETE\x10\x03B\b\n" +
 	"\x06target\"?\n" +
 	"\fStoreRequest\x12/\n" +
-	"\aactions\x18\x01 \x03(\v2\x15.shoal.v1.StoreActionR\aactions\"\xb9\x01\n" +
+	"\aactions\x18\x01 \x03(\v2\x15.shoal.v1.StoreActionR\aactions\"\xe8\x01\n" +
 	"\rStoreSnapshot\x12$\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0e.shoal.v1.NodeR\x05nodes\x12-\n" +
 	"\bservices\x18\x02 \x03(\v2\x11.shoal.v1.ServiceR\bservices\x12$\n" +
 	"\x05tasks\x18\x03 \x03(\v2\x0e.shoal.v1.TaskR\x05tasks\x12-\n" +
-	"\bclusters\x18\x04 \x03(\v2\x11.shoal.v1.ClusterR\bclusters*R\n" +
+	"\bclusters\x18\x04 \x03(\v2\x11.shoal.v1.ClusterR\bclusters\x12-\n" +
+	"\bnetworks\x18\x05 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks*R\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_WORKER\x10\x01\x12\x15\n" +
@@ -2732,115 +3315,133 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_objects_proto_goTypes = []any{
-	(NodeRole)(0),                 // 0: shoal.v1.NodeRole
-	(NodeAvailability)(0),         // 1: shoal.v1.NodeAvailability
-	(NodeState)(0),                // 2: shoal.v1.NodeState
-	(TaskState)(0),                // 3: shoal.v1.TaskState
-	(HealthState)(0),              // 4: shoal.v1.HealthState
-	(RestartPolicy_Condition)(0),  // 5: shoal.v1.RestartPolicy.Condition
-	(PortConfig_Protocol)(0),      // 6: shoal.v1.PortConfig.Protocol
-	(PortConfig_PublishMode)(0),   // 7: shoal.v1.PortConfig.PublishMode
-	(StoreAction_Kind)(0),         // 8: shoal.v1.StoreAction.Kind
-	(*Meta)(nil),                  // 9: shoal.v1.Meta
-	(*NodeSpec)(nil),              // 10: shoal.v1.NodeSpec
-	(*Platform)(nil),              // 11: shoal.v1.Platform
-	(*Resources)(nil),             // 12: shoal.v1.Resources
-	(*NodeDescription)(nil),       // 13: shoal.v1.NodeDescription
-	(*NodeStatus)(nil),            // 14: shoal.v1.NodeStatus
-	(*ManagerStatus)(nil),         // 15: shoal.v1.ManagerStatus
-	(*Node)(nil),                  // 16: shoal.v1.Node
-	(*ContainerSpec)(nil),         // 17: shoal.v1.ContainerSpec
-	(*ResourceRequirements)(nil),  // 18: shoal.v1.ResourceRequirements
-	(*RestartPolicy)(nil),         // 19: shoal.v1.RestartPolicy
-	(*PortConfig)(nil),            // 20: shoal.v1.PortConfig
-	(*EndpointSpec)(nil),          // 21: shoal.v1.EndpointSpec
-	(*ReplicatedService)(nil),     // 22: shoal.v1.ReplicatedService
-	(*GlobalService)(nil),         // 23: shoal.v1.GlobalService
-	(*Placement)(nil),             // 24: shoal.v1.Placement
-	(*PlacementPreference)(nil),   // 25: shoal.v1.PlacementPreference
-	(*ServiceSpec)(nil),           // 26: shoal.v1.ServiceSpec
-	(*Service)(nil),               // 27: shoal.v1.Service
-	(*TaskStatus)(nil),            // 28: shoal.v1.TaskStatus
-	(*Task)(nil),                  // 29: shoal.v1.Task
-	(*ClusterSpec)(nil),           // 30: shoal.v1.ClusterSpec
-	(*ClusterSecurity)(nil),       // 31: shoal.v1.ClusterSecurity
-	(*Cluster)(nil),               // 32: shoal.v1.Cluster
-	(*StoreAction)(nil),           // 33: shoal.v1.StoreAction
-	(*StoreRequest)(nil),          // 34: shoal.v1.StoreRequest
-	(*StoreSnapshot)(nil),         // 35: shoal.v1.StoreSnapshot
-	nil,                           // 36: shoal.v1.NodeSpec.LabelsEntry
-	nil,                           // 37: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                           // 38: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                           // 39: shoal.v1.ServiceSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(NodeRole)(0),                   // 0: shoal.v1.NodeRole
+	(NodeAvailability)(0),           // 1: shoal.v1.NodeAvailability
+	(NodeState)(0),                  // 2: shoal.v1.NodeState
+	(TaskState)(0),                  // 3: shoal.v1.TaskState
+	(HealthState)(0),                // 4: shoal.v1.HealthState
+	(RestartPolicy_Condition)(0),    // 5: shoal.v1.RestartPolicy.Condition
+	(PortConfig_Protocol)(0),        // 6: shoal.v1.PortConfig.Protocol
+	(PortConfig_PublishMode)(0),     // 7: shoal.v1.PortConfig.PublishMode
+	(EndpointSpec_Mode)(0),          // 8: shoal.v1.EndpointSpec.Mode
+	(StoreAction_Kind)(0),           // 9: shoal.v1.StoreAction.Kind
+	(*Meta)(nil),                    // 10: shoal.v1.Meta
+	(*NodeSpec)(nil),                // 11: shoal.v1.NodeSpec
+	(*Platform)(nil),                // 12: shoal.v1.Platform
+	(*Resources)(nil),               // 13: shoal.v1.Resources
+	(*NodeDescription)(nil),         // 14: shoal.v1.NodeDescription
+	(*NodeStatus)(nil),              // 15: shoal.v1.NodeStatus
+	(*ManagerStatus)(nil),           // 16: shoal.v1.ManagerStatus
+	(*Node)(nil),                    // 17: shoal.v1.Node
+	(*ContainerSpec)(nil),           // 18: shoal.v1.ContainerSpec
+	(*ResourceRequirements)(nil),    // 19: shoal.v1.ResourceRequirements
+	(*RestartPolicy)(nil),           // 20: shoal.v1.RestartPolicy
+	(*PortConfig)(nil),              // 21: shoal.v1.PortConfig
+	(*EndpointSpec)(nil),            // 22: shoal.v1.EndpointSpec
+	(*NetworkAttachmentConfig)(nil), // 23: shoal.v1.NetworkAttachmentConfig
+	(*VirtualIP)(nil),               // 24: shoal.v1.VirtualIP
+	(*ServiceEndpoint)(nil),         // 25: shoal.v1.ServiceEndpoint
+	(*NetworkSpec)(nil),             // 26: shoal.v1.NetworkSpec
+	(*Network)(nil),                 // 27: shoal.v1.Network
+	(*NetworkAttachment)(nil),       // 28: shoal.v1.NetworkAttachment
+	(*ReplicatedService)(nil),       // 29: shoal.v1.ReplicatedService
+	(*GlobalService)(nil),           // 30: shoal.v1.GlobalService
+	(*Placement)(nil),               // 31: shoal.v1.Placement
+	(*PlacementPreference)(nil),     // 32: shoal.v1.PlacementPreference
+	(*ServiceSpec)(nil),             // 33: shoal.v1.ServiceSpec
+	(*Service)(nil),                 // 34: shoal.v1.Service
+	(*TaskStatus)(nil),              // 35: shoal.v1.TaskStatus
+	(*Task)(nil),                    // 36: shoal.v1.Task
+	(*ClusterSpec)(nil),             // 37: shoal.v1.ClusterSpec
+	(*ClusterSecurity)(nil),         // 38: shoal.v1.ClusterSecurity
+	(*Cluster)(nil),                 // 39: shoal.v1.Cluster
+	(*StoreAction)(nil),             // 40: shoal.v1.StoreAction
+	(*StoreRequest)(nil),            // 41: shoal.v1.StoreRequest
+	(*StoreSnapshot)(nil),           // 42: shoal.v1.StoreSnapshot
+	nil,                             // 43: shoal.v1.NodeSpec.LabelsEntry
+	nil,                             // 44: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                             // 45: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                             // 46: shoal.v1.NetworkSpec.LabelsEntry
+	nil,                             // 47: shoal.v1.ServiceSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
 }
 var file_objects_proto_depIdxs = []int32{
-	40, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
-	40, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
+	48, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
+	48, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
-	36, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
-	11, // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
-	12, // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	37, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	43, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
+	12, // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
+	13, // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
+	44, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	40, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
-	9,  // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
-	10, // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
-	13, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
-	14, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
+	48, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	10, // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
+	11, // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
+	14, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
+	15, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
-	15, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	38, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	41, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
-	18, // 18: shoal.v1.ContainerSpec.resources:type_name -> shoal.v1.ResourceRequirements
-	12, // 19: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
-	12, // 20: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
+	16, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
+	45, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	49, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	19, // 18: shoal.v1.ContainerSpec.resources:type_name -> shoal.v1.ResourceRequirements
+	13, // 19: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
+	13, // 20: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 21: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartPolicy.Condition
-	41, // 22: shoal.v1.RestartPolicy.delay:type_name -> google.protobuf.Duration
-	41, // 23: shoal.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
+	49, // 22: shoal.v1.RestartPolicy.delay:type_name -> google.protobuf.Duration
+	49, // 23: shoal.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
 	6,  // 24: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortConfig.Protocol
 	7,  // 25: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PortConfig.PublishMode
-	20, // 26: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
-	25, // 27: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
-	39, // 28: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
-	17, // 29: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
-	24, // 30: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
-	19, // 31: shoal.v1.ServiceSpec.restart_policy:type_name -> shoal.v1.RestartPolicy
-	21, // 32: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
-	22, // 33: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
-	23, // 34: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
-	9,  // 35: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
-	26, // 36: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
-	40, // 37: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 38: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
-	4,  // 39: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
-	9,  // 40: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
-	26, // 41: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
-	3,  // 42: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
-	28, // 43: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
-	9,  // 44: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	30, // 45: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	31, // 46: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
-	8,  // 47: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
-	16, // 48: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
-	27, // 49: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
-	29, // 50: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
-	32, // 51: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
-	33, // 52: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
-	16, // 53: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
-	27, // 54: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
-	29, // 55: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
-	32, // 56: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
-	57, // [57:57] is the sub-list for method output_type
-	57, // [57:57] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	21, // 26: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
+	8,  // 27: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.EndpointSpec.Mode
+	24, // 28: shoal.v1.ServiceEndpoint.virtual_ips:type_name -> shoal.v1.VirtualIP
+	46, // 29: shoal.v1.NetworkSpec.labels:type_name -> shoal.v1.NetworkSpec.LabelsEntry
+	10, // 30: shoal.v1.Network.meta:type_name -> shoal.v1.Meta
+	26, // 31: shoal.v1.Network.spec:type_name -> shoal.v1.NetworkSpec
+	32, // 32: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
+	47, // 33: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
+	18, // 34: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
+	31, // 35: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
+	20, // 36: shoal.v1.ServiceSpec.restart_policy:type_name -> shoal.v1.RestartPolicy
+	22, // 37: shoal.v1.ServiceSpec.endpoint:type_name -> shoal.v1.EndpointSpec
+	23, // 38: shoal.v1.ServiceSpec.networks:type_name -> shoal.v1.NetworkAttachmentConfig
+	29, // 39: shoal.v1.ServiceSpec.replicated:type_name -> shoal.v1.ReplicatedService
+	30, // 40: shoal.v1.ServiceSpec.global:type_name -> shoal.v1.GlobalService
+	10, // 41: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
+	33, // 42: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
+	25, // 43: shoal.v1.Service.endpoint:type_name -> shoal.v1.ServiceEndpoint
+	48, // 44: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
+	3,  // 45: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
+	4,  // 46: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
+	10, // 47: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
+	33, // 48: shoal.v1.Task.spec:type_name -> shoal.v1.ServiceSpec
+	3,  // 49: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
+	35, // 50: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
+	28, // 51: shoal.v1.Task.networks:type_name -> shoal.v1.NetworkAttachment
+	10, // 52: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	37, // 53: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	38, // 54: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
+	9,  // 55: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
+	17, // 56: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
+	34, // 57: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
+	36, // 58: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
+	39, // 59: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
+	27, // 60: shoal.v1.StoreAction.network:type_name -> shoal.v1.Network
+	40, // 61: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
+	17, // 62: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
+	34, // 63: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
+	36, // 64: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
+	39, // 65: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
+	27, // 66: shoal.v1.StoreSnapshot.networks:type_name -> shoal.v1.Network
+	67, // [67:67] is the sub-list for method output_type
+	67, // [67:67] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2848,23 +3449,24 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[17].OneofWrappers = []any{
+	file_objects_proto_msgTypes[23].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[24].OneofWrappers = []any{
+	file_objects_proto_msgTypes[30].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
 		(*StoreAction_Cluster)(nil),
+		(*StoreAction_Network)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   31,
+			NumEnums:      10,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

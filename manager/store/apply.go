@@ -51,6 +51,8 @@ func applyAction(txn *memdb.Txn, index uint64, a *shoalpb.StoreAction) (Event, e
 		obj = t.Task
 	case *shoalpb.StoreAction_Cluster:
 		obj = t.Cluster
+	case *shoalpb.StoreAction_Network:
+		obj = t.Network
 	}
 	table := tableOf(obj)
 	if table == "" {
@@ -128,20 +130,27 @@ func applyAction(txn *memdb.Txn, index uint64, a *shoalpb.StoreAction) (Event, e
 	return Event{}, fmt.Errorf("%s %s: unknown action kind %d: %w", kind, id, a.GetKind(), ErrInvalid)
 }
 
-// checkName refuses a service whose name another service already has.
+// checkName refuses a service (network) whose name another service
+// (network) already has.
 func checkName(txn *memdb.Txn, obj proto.Message) error {
-	svc, ok := obj.(*shoalpb.Service)
-	if !ok || svc.GetSpec().GetName() == "" {
+	var name string
+	switch o := obj.(type) {
+	case *shoalpb.Service:
+		name = o.GetSpec().GetName()
+	case *shoalpb.Network:
+		name = o.GetSpec().GetName()
+	}
+	if name == "" {
 		return nil
 	}
-	name := svc.GetSpec().GetName()
-	it, err := txn.Get(tableService, indexName, name)
+	table := tableOf(obj)
+	it, err := txn.Get(table, indexName, name)
 	if err != nil {
-		return fmt.Errorf("look up service name %q: %w", name, err)
+		return fmt.Errorf("look up %s name %q: %w", kinds[table], name, err)
 	}
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if other := raw.(*shoalpb.Service); other.GetId() != svc.GetId() {
-			return fmt.Errorf("name %q is used by service %s: %w", name, other.GetId(), ErrNameConflict)
+		if other := raw.(proto.Message); objectID(other) != objectID(obj) {
+			return fmt.Errorf("name %q is used by %s %s: %w", name, kinds[table], objectID(other), ErrNameConflict)
 		}
 	}
 	return nil
@@ -158,6 +167,7 @@ func (s *Store) Snapshot() ([]byte, error) {
 		if c := tx.GetCluster(); c != nil {
 			snap.Clusters = []*shoalpb.Cluster{c}
 		}
+		snap.Networks = tx.ListNetworks()
 	})
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&snap)
 	if err != nil {
@@ -196,6 +206,9 @@ func (s *Store) Restore(data []byte) error {
 		objs = append(objs, o)
 	}
 	for _, o := range snap.GetClusters() {
+		objs = append(objs, o)
+	}
+	for _, o := range snap.GetNetworks() {
 		objs = append(objs, o)
 	}
 	for _, o := range objs {

@@ -33,6 +33,12 @@ func (b *Batch) CreateTask(t *shoalpb.Task)       { b.create(t) }
 func (b *Batch) UpdateTask(t *shoalpb.Task)       { b.update(t) }
 func (b *Batch) CreateCluster(c *shoalpb.Cluster) { b.create(c) }
 func (b *Batch) UpdateCluster(c *shoalpb.Cluster) { b.update(c) }
+func (b *Batch) CreateNetwork(n *shoalpb.Network) { b.create(n) }
+func (b *Batch) UpdateNetwork(n *shoalpb.Network) { b.update(n) }
+
+func (b *Batch) DeleteNetwork(id string, version uint64) {
+	b.add(shoalpb.StoreAction_KIND_DELETE, version, &shoalpb.Network{Id: id})
+}
 
 func (b *Batch) DeleteNode(id string, version uint64) {
 	b.add(shoalpb.StoreAction_KIND_DELETE, version, &shoalpb.Node{Id: id})
@@ -74,6 +80,8 @@ func (b *Batch) add(kind shoalpb.StoreAction_Kind, expected uint64, m proto.Mess
 		a.Target = &shoalpb.StoreAction_Task{Task: o}
 	case *shoalpb.Cluster:
 		a.Target = &shoalpb.StoreAction_Cluster{Cluster: o}
+	case *shoalpb.Network:
+		a.Target = &shoalpb.StoreAction_Network{Network: o}
 	}
 	b.actions = append(b.actions, a)
 }

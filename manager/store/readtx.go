@@ -22,6 +22,9 @@ type ReadTx interface {
 	TasksByNode(nodeID string) []*shoalpb.Task
 	// GetCluster returns the single cluster object, nil before init.
 	GetCluster() *shoalpb.Cluster
+	GetNetwork(id string) *shoalpb.Network
+	NetworkByName(name string) *shoalpb.Network
+	ListNetworks() []*shoalpb.Network
 	// Index is the raft index of the last applied write (after a Restore,
 	// the highest object version in the snapshot).
 	Index() uint64
@@ -107,6 +110,21 @@ func (tx *readTx) GetCluster() *shoalpb.Cluster {
 		return nil
 	}
 	return raw.(*shoalpb.Cluster)
+}
+
+func (tx *readTx) GetNetwork(id string) *shoalpb.Network {
+	return first[*shoalpb.Network](tx, tableNetwork, indexID, id)
+}
+
+func (tx *readTx) NetworkByName(name string) *shoalpb.Network {
+	if name == "" {
+		return nil
+	}
+	return first[*shoalpb.Network](tx, tableNetwork, indexName, name)
+}
+
+func (tx *readTx) ListNetworks() []*shoalpb.Network {
+	return list[*shoalpb.Network](tx, tableNetwork, indexID)
 }
 
 func (tx *readTx) Index() uint64 { return tx.index }

@@ -15,6 +15,7 @@ const (
 	tableService = "services"
 	tableTask    = "tasks"
 	tableCluster = "clusters"
+	tableNetwork = "networks"
 
 	indexID        = "id"
 	indexName      = "name"
@@ -28,6 +29,7 @@ var kinds = map[string]string{
 	tableService: "service",
 	tableTask:    "task",
 	tableCluster: "cluster",
+	tableNetwork: "network",
 }
 
 func schema() *memdb.DBSchema {
@@ -68,6 +70,16 @@ func schema() *memdb.DBSchema {
 			},
 		}},
 		tableCluster: {Name: tableCluster, Indexes: map[string]*memdb.IndexSchema{indexID: idIndex}},
+		tableNetwork: {Name: tableNetwork, Indexes: map[string]*memdb.IndexSchema{
+			indexID: idIndex,
+			indexName: {
+				Name:         indexName,
+				AllowMissing: true,
+				Indexer: stringIndex(func(o proto.Message) string {
+					return o.(*shoalpb.Network).GetSpec().GetName()
+				}),
+			},
+		}},
 	}}
 }
 
@@ -110,6 +122,8 @@ func objectID(m proto.Message) string {
 		return o.GetId()
 	case *shoalpb.Cluster:
 		return o.GetId()
+	case *shoalpb.Network:
+		return o.GetId()
 	}
 	return ""
 }
@@ -137,6 +151,11 @@ func objectMeta(m proto.Message) *shoalpb.Meta {
 			o.Meta = &shoalpb.Meta{}
 		}
 		return o.Meta
+	case *shoalpb.Network:
+		if o.Meta == nil {
+			o.Meta = &shoalpb.Meta{}
+		}
+		return o.Meta
 	}
 	return &shoalpb.Meta{}
 }
@@ -152,6 +171,8 @@ func tableOf(m proto.Message) string {
 		return tableTask
 	case *shoalpb.Cluster:
 		return tableCluster
+	case *shoalpb.Network:
+		return tableNetwork
 	}
 	return ""
 }

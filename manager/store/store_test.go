@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -345,6 +346,7 @@ func TestSnapshotRestore(t *testing.T) {
 		b.CreateNode(&shoalpb.Node{Id: "n1", Description: &shoalpb.NodeDescription{Hostname: "h1"}})
 		b.CreateService(service("s1", "web"))
 		b.CreateService(service("s2", "db"))
+		b.CreateNetwork(&shoalpb.Network{Id: "net1", Spec: &shoalpb.NetworkSpec{Name: "backend"}, Vni: 4096, Subnet: "10.10.0.0/24"})
 	})
 	clock.t = clock.t.Add(time.Hour)
 	mustUpdate(t, s, func(_ ReadTx, b *Batch) {
@@ -379,6 +381,8 @@ func TestSnapshotRestore(t *testing.T) {
 				{"services", fmt.Sprint(ids(got.ListServices())), fmt.Sprint(ids(want.ListServices()))},
 				{"tasks", fmt.Sprint(ids(got.ListTasks())), fmt.Sprint(ids(want.ListTasks()))},
 				{"nodes", fmt.Sprint(ids(got.ListNodes())), fmt.Sprint(ids(want.ListNodes()))},
+				{"networks", fmt.Sprint(ids(got.ListNetworks())), fmt.Sprint(ids(want.ListNetworks()))},
+				{"network by name", got.NetworkByName("backend").GetId(), "net1"},
 				{"by name", got.ServiceByName("db").GetId(), "s2"},
 				{"by service", fmt.Sprint(ids(got.TasksByService("s2"))), "[t2]"},
 				{"by node", fmt.Sprint(ids(got.TasksByNode("n1"))), "[t1 t2]"},
@@ -508,5 +512,21 @@ func TestNewID(t *testing.T) {
 			t.Fatalf("NewID() repeated %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+func TestNetworkNamesAreUnique(t *testing.T) {
+	s, _ := newTestStore(t)
+	mustUpdate(t, s, func(_ ReadTx, b *Batch) {
+		b.CreateNetwork(&shoalpb.Network{Id: "n1", Spec: &shoalpb.NetworkSpec{Name: "front"}})
+		// A service may share a network's name: they are different kinds.
+		b.CreateService(service("s1", "front"))
+	})
+	err := s.Update(t.Context(), func(_ ReadTx, b *Batch) error {
+		b.CreateNetwork(&shoalpb.Network{Id: "n2", Spec: &shoalpb.NetworkSpec{Name: "front"}})
+		return nil
+	})
+	if !errors.Is(err, ErrNameConflict) || !strings.Contains(err.Error(), "network n1") {
+		t.Fatalf("second network named front: %v, want a name conflict naming network n1", err)
 	}
 }
