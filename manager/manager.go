@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-project/shoal/manager/allocator"
 	"github.com/shoal-project/shoal/manager/controlapi"
 	"github.com/shoal-project/shoal/manager/dispatcher"
+	"github.com/shoal-project/shoal/manager/ipam"
 	"github.com/shoal-project/shoal/manager/nodeca"
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/placement"
@@ -132,18 +133,35 @@ func HasState(dataDir string) (bool, error) {
 
 // Init bootstraps a brand-new one-manager cluster in cfg.DataDir: it creates
 // the Raft state, runs the node until it is leader, and writes the Cluster
-// object (a new id, clusterName or DefaultClusterName) and this node's Node
+// object (a new id, spec with its name defaulting to DefaultClusterName and
+// its address pools to ipam's defaults) and this node's Node
 // object (role manager, availability active). It returns once both are
 // durable and the node has stopped; then call New and Run. Init fails with
 // ErrAlreadyInitialized when the directory already holds a cluster; an Init
 // interrupted after the Raft bootstrap can be run again.
-func Init(ctx context.Context, cfg Config, clusterName string) error {
+func Init(ctx context.Context, cfg Config, spec *shoalpb.ClusterSpec) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
-	if clusterName == "" {
-		clusterName = DefaultClusterName
+	spec = proto.Clone(spec).(*shoalpb.ClusterSpec)
+	if spec == nil {
+		spec = &shoalpb.ClusterSpec{}
+	}
+	if spec.Name == "" {
+		spec.Name = DefaultClusterName
+	}
+	if spec.TaskHistoryLimit == 0 {
+		spec.TaskHistoryLimit = DefaultTaskHistoryLimit
+	}
+	if len(spec.DefaultAddressPools) == 0 {
+		spec.DefaultAddressPools = []string{ipam.DefaultPool}
+	}
+	if spec.SubnetSize == 0 {
+		spec.SubnetSize = ipam.DefaultSubnetSize
+	}
+	if err := ipam.ValidatePools(spec.DefaultAddressPools, int(spec.SubnetSize)); err != nil {
+		return fmt.Errorf("init cluster: %w", err)
 	}
 	err = raft.Bootstrap(cfg.raftConfig())
 	if err != nil && !errors.Is(err, raft.ErrExists) {
@@ -161,7 +179,7 @@ func Init(ctx context.Context, cfg Config, clusterName string) error {
 	defer stopWatch()
 	done := make(chan error, 1)
 	go func() { done <- m.node.Run(runCtx) }()
-	err = m.initObjects(ctx, leadership, done, clusterName)
+	err = m.initObjects(ctx, leadership, done, spec)
 	cancel()
 	if runErr := <-done; runErr != nil && err == nil {
 		err = fmt.Errorf("raft: %w", runErr)
@@ -173,7 +191,7 @@ func Init(ctx context.Context, cfg Config, clusterName string) error {
 }
 
 // initObjects waits for leadership and writes the cluster and node objects.
-func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done <-chan error, clusterName string) error {
+func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done <-chan error, spec *shoalpb.ClusterSpec) error {
 	// New replayed the state: a cluster there means Init already ran.
 	var existing *shoalpb.Cluster
 	m.store.View(func(tx store.ReadTx) { existing = tx.GetCluster() })
@@ -197,11 +215,8 @@ func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done 
 	}
 	err = m.store.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
 		b.CreateCluster(&shoalpb.Cluster{
-			Id: clusterID,
-			Spec: &shoalpb.ClusterSpec{
-				Name:             clusterName,
-				TaskHistoryLimit: DefaultTaskHistoryLimit,
-			},
+			Id:       clusterID,
+			Spec:     spec,
 			Security: sec,
 		})
 		if tx.GetNode(m.cfg.NodeID) == nil {
@@ -221,7 +236,7 @@ func (m *Manager) initObjects(ctx context.Context, leadership <-chan bool, done 
 	if err != nil {
 		return fmt.Errorf("create cluster and node objects: %w", err)
 	}
-	m.logger.Info("cluster initialised", "name", clusterName, "node", m.cfg.NodeID)
+	m.logger.Info("cluster initialised", "name", spec.GetName(), "address_pools", spec.GetDefaultAddressPools(), "node", m.cfg.NodeID)
 	return nil
 }
 

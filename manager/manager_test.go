@@ -92,13 +92,13 @@ func TestManagerLifecycle(t *testing.T) {
 	cfg := testConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	if err := Init(ctx, cfg, "prod"); err != nil {
+	if err := Init(ctx, cfg, &shoalpb.ClusterSpec{Name: "prod"}); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	if has, err := HasState(cfg.DataDir); err != nil || !has {
 		t.Errorf("HasState after Init = %v, %v; want true", has, err)
 	}
-	if err := Init(ctx, cfg, "prod"); !errors.Is(err, ErrAlreadyInitialized) {
+	if err := Init(ctx, cfg, &shoalpb.ClusterSpec{Name: "prod"}); !errors.Is(err, ErrAlreadyInitialized) {
 		t.Errorf("second Init = %v, want ErrAlreadyInitialized", err)
 	}
 
@@ -190,7 +190,7 @@ func TestConfigErrors(t *testing.T) {
 			if _, err := New(tc.cfg); err == nil {
 				t.Errorf("New(%+v) succeeded, want an error", tc.cfg)
 			}
-			if err := Init(context.Background(), tc.cfg, ""); err == nil {
+			if err := Init(context.Background(), tc.cfg, nil); err == nil {
 				t.Errorf("Init(%+v) succeeded, want an error", tc.cfg)
 			}
 		})

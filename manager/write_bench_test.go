@@ -21,7 +21,7 @@ func BenchmarkControlWrites(b *testing.B) {
 			cfg := Config{DataDir: b.TempDir(), NodeID: store.NewID(), TickInterval: 10 * time.Millisecond}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			if err := Init(ctx, cfg, "bench"); err != nil {
+			if err := Init(ctx, cfg, &shoalpb.ClusterSpec{Name: "bench"}); err != nil {
 				b.Fatal(err)
 			}
 			m, err := New(cfg)

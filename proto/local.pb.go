@@ -141,8 +141,12 @@ type InitClusterRequest struct {
 	// ForceNewCluster makes this manager, the lone survivor of a cluster that
 	// lost its quorum, the only member of its Raft group, keeping its state.
 	ForceNewCluster bool `protobuf:"varint,3,opt,name=force_new_cluster,json=forceNewCluster,proto3" json:"force_new_cluster,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// DefaultAddressPools are the CIDRs overlay subnets are taken from
+	// (default 10.10.0.0/16), SubnetSize bits each (default 24).
+	DefaultAddressPools []string `protobuf:"bytes,4,rep,name=default_address_pools,json=defaultAddressPools,proto3" json:"default_address_pools,omitempty"`
+	SubnetSize          uint32   `protobuf:"varint,5,opt,name=subnet_size,json=subnetSize,proto3" json:"subnet_size,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *InitClusterRequest) Reset() {
@@ -194,6 +198,20 @@ func (x *InitClusterRequest) GetForceNewCluster() bool {
 		return x.ForceNewCluster
 	}
 	return false
+}
+
+func (x *InitClusterRequest) GetDefaultAddressPools() []string {
+	if x != nil {
+		return x.DefaultAddressPools
+	}
+	return nil
+}
+
+func (x *InitClusterRequest) GetSubnetSize() uint32 {
+	if x != nil {
+		return x.SubnetSize
+	}
+	return 0
 }
 
 type InitClusterResponse struct {
@@ -1225,11 +1243,14 @@ const file_local_proto_rawDesc = "" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x18\n" +
 	"\amanager\x18\x03 \x01(\bR\amanager\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x19\n" +
-	"\bdata_dir\x18\x05 \x01(\tR\adataDir\"{\n" +
+	"\bdata_dir\x18\x05 \x01(\tR\adataDir\"\xd0\x01\n" +
 	"\x12InitClusterRequest\x12%\n" +
 	"\x0eadvertise_addr\x18\x01 \x01(\tR\radvertiseAddr\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
-	"\x11force_new_cluster\x18\x03 \x01(\bR\x0fforceNewCluster\"M\n" +
+	"\x11force_new_cluster\x18\x03 \x01(\bR\x0fforceNewCluster\x122\n" +
+	"\x15default_address_pools\x18\x04 \x03(\tR\x13defaultAddressPools\x12\x1f\n" +
+	"\vsubnet_size\x18\x05 \x01(\rR\n" +
+	"subnetSize\"M\n" +
 	"\x13InitClusterResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +

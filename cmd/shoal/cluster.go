@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/shoal-project/shoal/manager/ipam"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/spf13/cobra"
 )
@@ -18,7 +19,10 @@ func newClusterCmd(a *app) *cobra.Command {
 }
 
 func newClusterInitCmd(a *app) *cobra.Command {
-	var req shoalpb.InitClusterRequest
+	var (
+		req     shoalpb.InitClusterRequest
+		maskLen uint32
+	)
 	c := &cobra.Command{
 		Use:   "init [flags]",
 		Short: "Create a cluster with this host as its first manager",
@@ -27,11 +31,22 @@ starts a one-member Raft group and from then on accepts the cluster API
 ('shoal service ...', 'shoal node ...') on its socket.
 
 Other hosts reach this manager at --advertise-addr (default: the daemon's
---advertise-addr, else its listen address).`,
+--advertise-addr, else its listen address).
+
+Overlay networks created without --subnet take theirs from the address
+pools: 10.10.0.0/16 in /24s unless --default-addr-pool and
+--default-addr-pool-mask-len say otherwise.`,
 		Example: `  shoal cluster init
-  shoal cluster init --advertise-addr 192.168.1.10:4242 --name prod`,
+  shoal cluster init --advertise-addr 192.168.1.10:4242 --name prod
+  shoal cluster init --default-addr-pool 10.200.0.0/16 --default-addr-pool-mask-len 26`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("default-addr-pool-mask-len") || len(req.DefaultAddressPools) > 0 {
+				req.SubnetSize = maskLen
+				if err := ipam.ValidatePools(req.DefaultAddressPools, int(maskLen)); err != nil {
+					return usageErrorf("--default-addr-pool/--default-addr-pool-mask-len: %v", err)
+				}
+			}
 			ctx := cmd.Context()
 			d, err := a.daemon(ctx)
 			if err != nil {
@@ -53,6 +68,8 @@ Other hosts reach this manager at --advertise-addr (default: the daemon's
 	c.Flags().StringVar(&req.Name, "name", "", `cluster name (default "default")`)
 	c.Flags().BoolVar(&req.ForceNewCluster, "force-new-cluster", false,
 		"recover a cluster that lost its quorum: make this surviving manager its only member, keeping its state")
+	c.Flags().StringArrayVar(&req.DefaultAddressPools, "default-addr-pool", nil, "CIDR overlay subnets are taken from (repeatable; default "+ipam.DefaultPool+")")
+	c.Flags().Uint32Var(&maskLen, "default-addr-pool-mask-len", ipam.DefaultSubnetSize, "prefix length of each subnet taken from the pools")
 	return c
 }
 

@@ -46,6 +46,8 @@ type createOptions struct {
 	labels          []string
 	constraints     []string
 	placementPrefs  []string
+	networks        []string
+	endpointMode    string
 	maxPerNode      uint64
 	reserveCPU      string
 	reserveMemory   string
@@ -135,6 +137,8 @@ not converged within --timeout. The service ID is printed last, on stdout.`,
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVarP(&o.labels, "label", "l", nil, "service label KEY=VALUE (repeatable)")
 	f.StringArrayVar(&o.constraints, "constraint", nil, "placement constraint, e.g. node.role==worker or node.labels.zone!=b (repeatable; all must hold)")
+	f.StringArrayVar(&o.networks, "network", nil, "attach the tasks to an overlay network: NAME or name=NAME,alias=ALIAS (repeatable)")
+	f.StringVar(&o.endpointMode, "endpoint-mode", "vip", "vip (one virtual IP per network, balanced to ready tasks) or dnsrr (the name resolves to the tasks' IPs)")
 	f.StringArrayVar(&o.placementPrefs, "placement-pref", nil, "spread tasks over a node label's values, e.g. spread=node.labels.zone (repeatable, nested in order)")
 	f.Uint64Var(&o.maxPerNode, "replicas-max-per-node", 0, "at most this many tasks of the service on one node (0: no limit)")
 	f.StringVar(&o.reserveCPU, "reserve-cpu", "", "CPUs set aside for each task on its node, e.g. 0.5")
@@ -197,6 +201,19 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 	if spec.Labels, err = parseKeyValues("--label", o.labels); err != nil {
 		return nil, err
 	}
+	if spec.Networks, err = parseNetworks(o.networks); err != nil {
+		return nil, err
+	}
+	switch o.endpointMode {
+	case "", "vip":
+	case "dnsrr":
+		if spec.Endpoint == nil {
+			spec.Endpoint = &shoalpb.EndpointSpec{}
+		}
+		spec.Endpoint.Mode = shoalpb.EndpointSpec_MODE_DNSRR
+	default:
+		return nil, usageErrorf("--endpoint-mode must be vip or dnsrr, got %q", o.endpointMode)
+	}
 	if spec.Placement, err = o.placement(); err != nil {
 		return nil, err
 	}
@@ -211,7 +228,10 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 		return nil, err
 	}
 	if len(ports) > 0 {
-		spec.Endpoint = &shoalpb.EndpointSpec{Ports: ports}
+		if spec.Endpoint == nil {
+			spec.Endpoint = &shoalpb.EndpointSpec{}
+		}
+		spec.Endpoint.Ports = ports
 	}
 	if o.stopSignal != "" {
 		sig, err := parseSignal(o.stopSignal)
@@ -227,6 +247,37 @@ func (o *createOptions) spec(image string, args []string, replicasSet bool) (*sh
 		spec.Container.StopGracePeriod = durationpb.New(o.stopGracePeriod)
 	}
 	return spec, nil
+}
+
+// parseNetworks parses --network values: NAME, or name=NAME[,alias=A]...
+func parseNetworks(vals []string) ([]*shoalpb.NetworkAttachmentConfig, error) {
+	var out []*shoalpb.NetworkAttachmentConfig
+	for _, v := range vals {
+		if !strings.Contains(v, "=") {
+			if v == "" {
+				return nil, usageErrorf("--network must name a network")
+			}
+			out = append(out, &shoalpb.NetworkAttachmentConfig{Target: v})
+			continue
+		}
+		a := &shoalpb.NetworkAttachmentConfig{}
+		for _, field := range strings.Split(v, ",") {
+			k, val, _ := strings.Cut(field, "=")
+			switch {
+			case k == "name" && val != "":
+				a.Target = val
+			case k == "alias" && val != "":
+				a.Aliases = append(a.Aliases, val)
+			default:
+				return nil, usageErrorf("--network %q: expected NAME or name=NAME[,alias=ALIAS]...", v)
+			}
+		}
+		if a.Target == "" {
+			return nil, usageErrorf("--network %q: name=NAME is missing", v)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // placement builds the placement from --constraint, --placement-pref and

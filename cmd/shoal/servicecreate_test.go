@@ -182,6 +182,23 @@ func TestCreateSpec(t *testing.T) {
 				Mode: &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 1}},
 			},
 		},
+		{
+			name: "networks and dnsrr",
+			opts: func(o *createOptions) {
+				o.networks, o.endpointMode = []string{"front", "name=back,alias=db,alias=store"}, "dnsrr"
+			},
+			want: &shoalpb.ServiceSpec{
+				Container: &shoalpb.ContainerSpec{Image: "img"},
+				Networks: []*shoalpb.NetworkAttachmentConfig{
+					{Target: "front"}, {Target: "back", Aliases: []string{"db", "store"}},
+				},
+				Endpoint: &shoalpb.EndpointSpec{Mode: shoalpb.EndpointSpec_MODE_DNSRR},
+				Mode:     &shoalpb.ServiceSpec_Replicated{Replicated: &shoalpb.ReplicatedService{Replicas: 1}},
+			},
+		},
+		{name: "bad network", opts: func(o *createOptions) { o.networks = []string{"alias=x"} }, wantErr: `--network "alias=x": name=NAME is missing`},
+		{name: "bad network field", opts: func(o *createOptions) { o.networks = []string{"name=a,mtu=9000"} }, wantErr: `--network "name=a,mtu=9000": expected NAME or name=NAME[,alias=ALIAS]...`},
+		{name: "bad endpoint mode", opts: func(o *createOptions) { o.endpointMode = "ipvs" }, wantErr: `--endpoint-mode must be vip or dnsrr, got "ipvs"`},
 		{name: "bad spread", opts: func(o *createOptions) { o.placementPrefs = []string{"node.labels.zone"} }, wantErr: `--placement-pref "node.labels.zone" must be spread=LABEL, e.g. spread=node.labels.zone`},
 		{name: "bad memory", opts: func(o *createOptions) { o.limitMemory = "12 parsecs" }, wantErr: `--limit-memory "12 parsecs" must be a size like 64M, 1.5G or 1048576 (bytes; units b, k, m, g, t)`},
 		{name: "bad cpu", opts: func(o *createOptions) { o.reserveCPU = "half" }, wantErr: `--reserve-cpu "half" must be a number of CPUs, e.g. 0.5 or 2`},

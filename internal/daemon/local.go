@@ -15,6 +15,7 @@ import (
 	"github.com/shoal-project/shoal/agent/image"
 	"github.com/shoal-project/shoal/internal/ca"
 	"github.com/shoal-project/shoal/manager"
+	"github.com/shoal-project/shoal/manager/ipam"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -64,9 +65,18 @@ func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterReq
 	d.mu.Lock()
 	runCtx := d.runCtx
 	d.mu.Unlock()
-	name := r.GetName()
-	if name == "" {
-		name = "default"
+	spec := &shoalpb.ClusterSpec{Name: r.GetName(), DefaultAddressPools: r.GetDefaultAddressPools(), SubnetSize: r.GetSubnetSize()}
+	if len(spec.DefaultAddressPools) > 0 || spec.SubnetSize != 0 {
+		pools, size := spec.DefaultAddressPools, int(spec.SubnetSize)
+		if len(pools) == 0 {
+			pools = []string{ipam.DefaultPool}
+		}
+		if size == 0 {
+			size = ipam.DefaultSubnetSize
+		}
+		if err := ipam.ValidatePools(pools, size); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid address pools: %v", err)
+		}
 	}
 	ictx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
@@ -74,7 +84,7 @@ func (l *localServer) InitCluster(ctx context.Context, r *shoalpb.InitClusterReq
 	if a := r.GetAdvertiseAddr(); a != "" {
 		cfg.AdvertiseAddr = a
 	}
-	if err := manager.Init(ictx, cfg, name); err != nil {
+	if err := manager.Init(ictx, cfg, spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "initialise the cluster: %v", err)
 	}
 	if err := d.startManager(runCtx, false); err != nil {

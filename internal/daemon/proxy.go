@@ -214,3 +214,35 @@ func (p *nodeCAProxy) IssueNodeCertificate(ctx context.Context, r *shoalpb.Issue
 	}
 	return m.NodeCA().IssueNodeCertificate(ctx, r)
 }
+
+func (p *controlProxy) CreateNetwork(ctx context.Context, r *shoalpb.CreateNetworkRequest) (*shoalpb.CreateNetworkResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.CreateNetwork(ctx, r)
+}
+
+func (p *controlProxy) GetNetwork(ctx context.Context, r *shoalpb.GetNetworkRequest) (*shoalpb.GetNetworkResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.GetNetwork(ctx, r)
+}
+
+func (p *controlProxy) ListNetworks(ctx context.Context, r *shoalpb.ListNetworksRequest) (*shoalpb.ListNetworksResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.ListNetworks(ctx, r)
+}
+
+func (p *controlProxy) RemoveNetwork(ctx context.Context, r *shoalpb.RemoveNetworkRequest) (*shoalpb.RemoveNetworkResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.RemoveNetwork(ctx, r)
+}

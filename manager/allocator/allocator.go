@@ -1,8 +1,8 @@
 // Package allocator gives new tasks the cluster resources they need before
-// they can be placed, and moves them from NEW to PENDING. Today tasks use
-// the node-local network only, so there is nothing to reserve and
-// allocation is just the state change; overlay IPs, VIPs and published
-// ports will be allocated here.
+// they can be placed, and moves them from NEW to PENDING: an address and
+// MAC on each overlay network of the task's service (see package ipam;
+// services' virtual IPs are allocated by the control API with the service).
+// A task whose network has no free address stays NEW and says so.
 //
 // The allocator runs on the leader only: Run watches the store and writes
 // through store.Update, so a stale view is refused by optimistic concurrency
@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/shoal-project/shoal/manager/ipam"
 	"github.com/shoal-project/shoal/manager/store"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"google.golang.org/protobuf/proto"
@@ -170,6 +171,7 @@ func (a *Allocator) allocate(ctx context.Context, ids []string) error {
 				// An id can be queued twice (created, then updated):
 				// write it once.
 				seen := make(map[string]bool, len(chunk))
+				var usage map[string]*ipam.AddrSet // built on first need
 				for _, id := range chunk {
 					t := tx.GetTask(id)
 					if seen[id] || t == nil || !needsAllocation(t) {
@@ -177,6 +179,18 @@ func (a *Allocator) allocate(ctx context.Context, ids []string) error {
 					}
 					seen[id] = true
 					t = proto.Clone(t).(*shoalpb.Task)
+					if len(t.GetSpec().GetNetworks()) > 0 && usage == nil {
+						usage = ipam.Usage(tx.ListNetworks(), tx.ListServices(), tx.ListTasks())
+					}
+					if err := attach(t, usage); err != nil {
+						// Wait, saying why; written only when the reason
+						// changes, so waiting costs no writes.
+						if msg := "waiting: " + err.Error(); t.GetStatus().GetMessage() != msg {
+							t.Status = &shoalpb.TaskStatus{Timestamp: timestamppb.New(a.now()), State: shoalpb.TaskState_TASK_STATE_NEW, Message: msg}
+							b.UpdateTask(t)
+						}
+						continue
+					}
 					t.Status = &shoalpb.TaskStatus{
 						Timestamp: timestamppb.New(a.now()),
 						State:     shoalpb.TaskState_TASK_STATE_PENDING,
@@ -195,6 +209,33 @@ func (a *Allocator) allocate(ctx context.Context, ids []string) error {
 		}
 		a.logger.Debug("allocated tasks", "count", len(chunk))
 	}
+	return nil
+}
+
+// attach gives t an address and MAC on each of its service's networks,
+// taking them from usage. A task that already has its attachments (a
+// retried write) keeps them.
+func attach(t *shoalpb.Task, usage map[string]*ipam.AddrSet) error {
+	if len(t.GetNetworks()) == len(t.GetSpec().GetNetworks()) {
+		return nil
+	}
+	var out []*shoalpb.NetworkAttachment
+	for _, n := range t.GetSpec().GetNetworks() {
+		set := usage[n.GetTarget()]
+		if set == nil {
+			return fmt.Errorf("network %s does not exist", n.GetTarget())
+		}
+		addr, err := set.Allocate()
+		if err != nil {
+			return fmt.Errorf("no address for network %s: %w", n.GetTarget(), err)
+		}
+		out = append(out, &shoalpb.NetworkAttachment{
+			NetworkId: n.GetTarget(),
+			Addresses: []string{addr.String()},
+			Mac:       ipam.MAC(addr.Addr()).String(),
+		})
+	}
+	t.Networks = out
 	return nil
 }
 

@@ -53,6 +53,11 @@ func (s *Server) CreateService(ctx context.Context, req *shoalpb.CreateServiceRe
 		if other := tx.ServiceByName(spec.GetName()); other != nil {
 			return nameInUse(spec.GetName(), other.GetId())
 		}
+		ep, err := attachNetworks(tx, spec, nil)
+		if err != nil {
+			return err
+		}
+		svc.Endpoint = ep
 		b.CreateService(svc)
 		return nil
 	})
@@ -143,8 +148,13 @@ func (s *Server) UpdateService(ctx context.Context, req *shoalpb.UpdateServiceRe
 		if spec.GetName() != name {
 			return status.Errorf(codes.InvalidArgument, "invalid name: a service cannot be renamed (from %q to %q); create a new service instead", name, spec.GetName())
 		}
+		ep, err := attachNetworks(tx, spec, cur)
+		if err != nil {
+			return err
+		}
 		svc := proto.Clone(cur).(*shoalpb.Service)
 		svc.Spec = spec
+		svc.Endpoint = ep
 		b.UpdateService(svc) // carries cur's version: refused if written since
 		return nil
 	})

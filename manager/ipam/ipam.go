@@ -147,3 +147,23 @@ func MAC(addr netip.Addr) net.HardwareAddr {
 	a := addr.As4()
 	return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
 }
+
+// ValidatePools checks address pools (IPv4 CIDRs) and the subnet size taken
+// from them; the error says which value is wrong and what was expected.
+func ValidatePools(pools []string, size int) error {
+	if size < 8 || size > 29 {
+		return fmt.Errorf("subnet size /%d: expected /8 to /29", size)
+	}
+	for _, s := range pools {
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil || !p.Addr().Is4():
+			return fmt.Errorf("address pool %q: expected an IPv4 CIDR like 10.10.0.0/16", s)
+		case p != p.Masked():
+			return fmt.Errorf("address pool %s has host bits set; did you mean %s?", s, p.Masked())
+		case p.Bits() > size:
+			return fmt.Errorf("address pool %s is smaller than its subnets (/%d)", s, size)
+		}
+	}
+	return nil
+}

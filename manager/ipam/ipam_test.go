@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+
+	shoalpb "github.com/shoal-project/shoal/proto"
 )
 
 func TestAllocateSubnet(t *testing.T) {
@@ -88,5 +90,32 @@ func TestAddrSet(t *testing.T) {
 func TestMAC(t *testing.T) {
 	if got := MAC(netip.MustParseAddr("10.10.1.2")).String(); got != "02:42:0a:0a:01:02" {
 		t.Errorf("MAC = %s", got)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	nets := []*shoalpb.Network{{Id: "n1", Subnet: "10.10.0.0/29", Gateway: "10.10.0.1"}}
+	svcs := []*shoalpb.Service{{Id: "s1", Endpoint: &shoalpb.ServiceEndpoint{VirtualIps: []*shoalpb.VirtualIP{{NetworkId: "n1", Addr: "10.10.0.2/29"}}}}}
+	attached := func(state shoalpb.TaskState, addr string) *shoalpb.Task {
+		return &shoalpb.Task{
+			Status:   &shoalpb.TaskStatus{State: state},
+			Networks: []*shoalpb.NetworkAttachment{{NetworkId: "n1", Addresses: []string{addr}}},
+		}
+	}
+	tasks := []*shoalpb.Task{
+		attached(shoalpb.TaskState_TASK_STATE_RUNNING, "10.10.0.3/29"),
+		attached(shoalpb.TaskState_TASK_STATE_PENDING, "10.10.0.4/29"),
+		attached(shoalpb.TaskState_TASK_STATE_FAILED, "10.10.0.5/29"), // finished: free again
+	}
+	set := Usage(nets, svcs, tasks)["n1"]
+	got, err := set.Allocate()
+	if err != nil || got.String() != "10.10.0.5/29" {
+		t.Fatalf("first free address = %v, %v; want 10.10.0.5/29", got, err)
+	}
+	if got, err := set.Allocate(); err != nil || got.String() != "10.10.0.6/29" {
+		t.Fatalf("second free address = %v, %v; want 10.10.0.6/29", got, err)
+	}
+	if _, err := set.Allocate(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("a /29 with 6 addresses taken still allocates: %v", err)
 	}
 }

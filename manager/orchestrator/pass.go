@@ -186,9 +186,17 @@ func (p *pass) draining(i int) bool {
 }
 
 // specChanged reports whether the task runs something other than the
-// service's current spec says. The mode is ignored: scaling does not
-// replace tasks.
+// service's current spec says (its container, labels or networks). The
+// mode is ignored: scaling does not replace tasks.
 func specChanged(t *shoalpb.Task, svc *shoalpb.Service) bool {
+	if len(t.GetSpec().GetNetworks()) != len(svc.GetSpec().GetNetworks()) {
+		return true
+	}
+	for i, n := range t.GetSpec().GetNetworks() {
+		if !proto.Equal(n, svc.GetSpec().GetNetworks()[i]) {
+			return true
+		}
+	}
 	return !proto.Equal(t.GetSpec().GetContainer(), svc.GetSpec().GetContainer()) ||
 		!maps.Equal(t.GetSpec().GetLabels(), svc.GetSpec().GetLabels())
 }
