@@ -284,8 +284,13 @@ func (x *AssignmentsRequest) GetSessionId() string {
 }
 
 type AssignmentsMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tasks         []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tasks []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// Networks are the overlay networks the tasks attach to.
+	Networks []*Network `protobuf:"bytes,2,rep,name=networks,proto3" json:"networks,omitempty"`
+	// Services are the services on those networks (id, name and virtual
+	// IPs only), for service discovery and the VIP load balancer.
+	Services      []*Service `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -323,6 +328,20 @@ func (*AssignmentsMessage) Descriptor() ([]byte, []int) {
 func (x *AssignmentsMessage) GetTasks() []*Task {
 	if x != nil {
 		return x.Tasks
+	}
+	return nil
+}
+
+func (x *AssignmentsMessage) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *AssignmentsMessage) GetServices() []*Service {
+	if x != nil {
+		return x.Services
 	}
 	return nil
 }
@@ -497,9 +516,11 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x12AssignmentsRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x02 \x01(\tR\tsessionId\":\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\"\x98\x01\n" +
 	"\x12AssignmentsMessage\x12$\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x0e.shoal.v1.TaskR\x05tasks\"Y\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x0e.shoal.v1.TaskR\x05tasks\x12-\n" +
+	"\bnetworks\x18\x02 \x03(\v2\x11.shoal.v1.NetworkR\bnetworks\x12-\n" +
+	"\bservices\x18\x03 \x03(\v2\x11.shoal.v1.ServiceR\bservices\"Y\n" +
 	"\x10TaskStatusUpdate\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12,\n" +
 	"\x06status\x18\x02 \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\"\x87\x01\n" +
@@ -543,28 +564,32 @@ var file_dispatcher_proto_goTypes = []any{
 	(*Node)(nil),                     // 10: shoal.v1.Node
 	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
 	(*Task)(nil),                     // 12: shoal.v1.Task
-	(*TaskStatus)(nil),               // 13: shoal.v1.TaskStatus
+	(*Network)(nil),                  // 13: shoal.v1.Network
+	(*Service)(nil),                  // 14: shoal.v1.Service
+	(*TaskStatus)(nil),               // 15: shoal.v1.TaskStatus
 }
 var file_dispatcher_proto_depIdxs = []int32{
 	9,  // 0: shoal.v1.SessionRequest.description:type_name -> shoal.v1.NodeDescription
 	10, // 1: shoal.v1.SessionMessage.node:type_name -> shoal.v1.Node
 	11, // 2: shoal.v1.HeartbeatResponse.period:type_name -> google.protobuf.Duration
 	12, // 3: shoal.v1.AssignmentsMessage.tasks:type_name -> shoal.v1.Task
-	13, // 4: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
-	6,  // 5: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
-	0,  // 6: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
-	2,  // 7: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	4,  // 8: shoal.v1.Dispatcher.Assignments:input_type -> shoal.v1.AssignmentsRequest
-	7,  // 9: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
-	1,  // 10: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
-	3,  // 11: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	5,  // 12: shoal.v1.Dispatcher.Assignments:output_type -> shoal.v1.AssignmentsMessage
-	8,  // 13: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	13, // 4: shoal.v1.AssignmentsMessage.networks:type_name -> shoal.v1.Network
+	14, // 5: shoal.v1.AssignmentsMessage.services:type_name -> shoal.v1.Service
+	15, // 6: shoal.v1.TaskStatusUpdate.status:type_name -> shoal.v1.TaskStatus
+	6,  // 7: shoal.v1.UpdateTaskStatusRequest.updates:type_name -> shoal.v1.TaskStatusUpdate
+	0,  // 8: shoal.v1.Dispatcher.Session:input_type -> shoal.v1.SessionRequest
+	2,  // 9: shoal.v1.Dispatcher.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	4,  // 10: shoal.v1.Dispatcher.Assignments:input_type -> shoal.v1.AssignmentsRequest
+	7,  // 11: shoal.v1.Dispatcher.UpdateTaskStatus:input_type -> shoal.v1.UpdateTaskStatusRequest
+	1,  // 12: shoal.v1.Dispatcher.Session:output_type -> shoal.v1.SessionMessage
+	3,  // 13: shoal.v1.Dispatcher.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	5,  // 14: shoal.v1.Dispatcher.Assignments:output_type -> shoal.v1.AssignmentsMessage
+	8,  // 15: shoal.v1.Dispatcher.UpdateTaskStatus:output_type -> shoal.v1.UpdateTaskStatusResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }

@@ -27,14 +27,18 @@ func (d *Dispatcher) Assignments(req *shoalpb.AssignmentsRequest, stream grpc.Se
 	// send pushes the current set when it differs from the last one sent
 	// (always the first time).
 	var sent map[string]*shoalpb.Task
+	var sentNets *shoalpb.AssignmentsMessage
 	send := func() error {
-		tasks := d.assigned(nodeID)
-		if sent != nil && sameAssignments(sent, tasks) {
+		msg := d.assignments(nodeID)
+		tasks := msg.GetTasks()
+		nets := &shoalpb.AssignmentsMessage{Networks: msg.GetNetworks(), Services: msg.GetServices()}
+		if sent != nil && sameAssignments(sent, tasks) && proto.Equal(sentNets, nets) {
 			return nil
 		}
-		if err := stream.Send(&shoalpb.AssignmentsMessage{Tasks: tasks}); err != nil {
+		if err := stream.Send(msg); err != nil {
 			return err
 		}
+		sentNets = nets
 		sent = make(map[string]*shoalpb.Task, len(tasks))
 		for _, t := range tasks {
 			sent[t.GetId()] = t
@@ -69,8 +73,7 @@ func (d *Dispatcher) Assignments(req *shoalpb.AssignmentsRequest, stream grpc.Se
 					err = errResync
 					continue
 				}
-				t, isTask := ev.Object.(*shoalpb.Task)
-				if !armed && isTask && (t.GetNodeId() == nodeID || sent[t.GetId()] != nil) {
+				if !armed && d.concerns(ev, nodeID, sent, sentNets) {
 					flush.Reset(AssignmentsBatchDelay)
 					armed = true
 				}
@@ -89,22 +92,68 @@ func (d *Dispatcher) Assignments(req *shoalpb.AssignmentsRequest, stream grpc.Se
 // errResync ends one watch of Assignments' loop; never returned.
 var errResync = errors.New("watch closed: resync")
 
-// assigned returns the tasks the node must know about, by id: the ones
-// placed on it, until they are deleted.
-func (d *Dispatcher) assigned(nodeID string) []*shoalpb.Task {
-	var tasks []*shoalpb.Task
+// concerns reports whether a store event may change what the node is
+// sent: one of its tasks, or a network or service its tasks' networks
+// involve.
+func (d *Dispatcher) concerns(ev store.Event, nodeID string, sent map[string]*shoalpb.Task, last *shoalpb.AssignmentsMessage) bool {
+	switch o := ev.Object.(type) {
+	case *shoalpb.Task:
+		return o.GetNodeId() == nodeID || sent[o.GetId()] != nil
+	case *shoalpb.Network, *shoalpb.Service:
+		return len(last.GetNetworks()) > 0
+	}
+	return false
+}
+
+// assignments returns what the node must know: the tasks placed on it (by
+// id, until they are deleted), the networks they attach to, and the
+// services on those networks with their virtual IPs.
+func (d *Dispatcher) assignments(nodeID string) *shoalpb.AssignmentsMessage {
+	msg := &shoalpb.AssignmentsMessage{}
 	d.store.View(func(tx store.ReadTx) {
+		nets := make(map[string]bool)
 		for _, t := range tx.TasksByNode(nodeID) {
 			// Global tasks name their node before they are assigned:
 			// the agent sees them once placement agrees.
 			if t.GetStatus().GetState() >= shoalpb.TaskState_TASK_STATE_ASSIGNED &&
 				t.GetDesiredState() <= shoalpb.TaskState_TASK_STATE_REMOVE {
-				tasks = append(tasks, t)
+				msg.Tasks = append(msg.Tasks, t)
+				for _, a := range t.GetNetworks() {
+					nets[a.GetNetworkId()] = true
+				}
 			}
 		}
+		if len(nets) == 0 {
+			return
+		}
+		for _, n := range tx.ListNetworks() { // by id
+			if nets[n.GetId()] {
+				msg.Networks = append(msg.Networks, n)
+			}
+		}
+		for _, s := range tx.ListServices() { // by id
+			var vips []*shoalpb.VirtualIP
+			on := false
+			for _, a := range s.GetSpec().GetNetworks() {
+				on = on || nets[a.GetTarget()]
+			}
+			if !on {
+				continue
+			}
+			for _, v := range s.GetEndpoint().GetVirtualIps() {
+				if nets[v.GetNetworkId()] {
+					vips = append(vips, v)
+				}
+			}
+			msg.Services = append(msg.Services, &shoalpb.Service{
+				Id:       s.GetId(),
+				Spec:     &shoalpb.ServiceSpec{Name: s.GetSpec().GetName(), Networks: s.GetSpec().GetNetworks(), Endpoint: &shoalpb.EndpointSpec{Mode: s.GetSpec().GetEndpoint().GetMode()}},
+				Endpoint: &shoalpb.ServiceEndpoint{VirtualIps: vips},
+			})
+		}
 	})
-	sort.Slice(tasks, func(i, j int) bool { return tasks[i].GetId() < tasks[j].GetId() })
-	return tasks
+	sort.Slice(msg.Tasks, func(i, j int) bool { return msg.Tasks[i].GetId() < msg.Tasks[j].GetId() })
+	return msg
 }
 
 // sameAssignments reports whether tasks holds the same tasks as sent with

@@ -526,3 +526,52 @@ func TestCallsWithUnknownSession(t *testing.T) {
 		t.Errorf("Assignments with unknown session: %v, want NotFound", err)
 	}
 }
+
+func TestAssignmentsCarryNetworksAndVIPs(t *testing.T) {
+	h := newHarness(t, true, nil)
+	sess := h.openSession("n1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := h.client.Assignments(ctx, &shoalpb.AssignmentsRequest{NodeId: "n1", SessionId: sess.id})
+	if err != nil {
+		t.Fatalf("Assignments: %v", err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	attached := assignedTask("t1", "n1", stAssigned)
+	attached.Networks = []*shoalpb.NetworkAttachment{{NetworkId: "front", Addresses: []string{"10.10.0.3/24"}}}
+	h.update(func(_ store.ReadTx, b *store.Batch) error {
+		b.CreateNetwork(&shoalpb.Network{Id: "front", Vni: 4096, Subnet: "10.10.0.0/24", Gateway: "10.10.0.1"})
+		b.CreateNetwork(&shoalpb.Network{Id: "other", Vni: 4097, Subnet: "10.10.1.0/24", Gateway: "10.10.1.1"})
+		b.CreateService(&shoalpb.Service{Id: "web", Spec: &shoalpb.ServiceSpec{Name: "web", Networks: []*shoalpb.NetworkAttachmentConfig{{Target: "front"}}},
+			Endpoint: &shoalpb.ServiceEndpoint{VirtualIps: []*shoalpb.VirtualIP{{NetworkId: "front", Addr: "10.10.0.2/24"}}}})
+		b.CreateService(&shoalpb.Service{Id: "db", Spec: &shoalpb.ServiceSpec{Name: "db", Networks: []*shoalpb.NetworkAttachmentConfig{{Target: "other"}}}})
+		b.CreateTask(attached)
+		return nil
+	})
+	msg, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msg.GetNetworks()) != 1 || msg.GetNetworks()[0].GetVni() != 4096 {
+		t.Errorf("networks %v, want front only", msg.GetNetworks())
+	}
+	if len(msg.GetServices()) != 1 || msg.GetServices()[0].GetSpec().GetName() != "web" ||
+		msg.GetServices()[0].GetEndpoint().GetVirtualIps()[0].GetAddr() != "10.10.0.2/24" {
+		t.Errorf("services %v, want web with its VIP only", msg.GetServices())
+	}
+
+	// A new service on the network is pushed although no task changed.
+	h.update(func(_ store.ReadTx, b *store.Batch) error {
+		b.CreateService(&shoalpb.Service{Id: "api", Spec: &shoalpb.ServiceSpec{Name: "api", Networks: []*shoalpb.NetworkAttachmentConfig{{Target: "front"}}},
+			Endpoint: &shoalpb.ServiceEndpoint{VirtualIps: []*shoalpb.VirtualIP{{NetworkId: "front", Addr: "10.10.0.4/24"}}}})
+		return nil
+	})
+	if msg, err = stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if len(msg.GetServices()) != 2 {
+		t.Errorf("after api was created: services %v, want api and web", msg.GetServices())
+	}
+}
