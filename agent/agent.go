@@ -40,6 +40,9 @@ type Config struct {
 	Conn grpc.ClientConnInterface
 	// Executor runs the containers.
 	Executor Executor
+	// Overlay, when set, is told the overlay networks and services that
+	// come with each set of assignments, before the tasks are run.
+	Overlay *Overlay
 	// Description is reported to the managers; Describe() fills it when nil.
 	Description *shoalpb.NodeDescription
 	// OnManagers, when set, is told the managers' addresses each time the
@@ -191,6 +194,9 @@ func (a *Agent) session(runCtx, ctx context.Context) error {
 			m, err := as.Recv()
 			if err != nil {
 				return fmt.Errorf("assignments: %w", err)
+			}
+			if a.cfg.Overlay != nil {
+				a.cfg.Overlay.SetAssignments(runCtx, m.GetNetworks(), m.GetServices())
 			}
 			a.worker.assign(runCtx, m.GetTasks())
 		}

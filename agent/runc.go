@@ -15,12 +15,19 @@ import (
 	"github.com/shoal-project/shoal/agent/container"
 	"github.com/shoal-project/shoal/agent/image"
 	"github.com/shoal-project/shoal/overlay/bridge"
+	"github.com/shoal-project/shoal/overlay/dns"
 	shoalpb "github.com/shoal-project/shoal/proto"
 )
 
 // defaultStopGracePeriod is Docker's and Swarm's: long enough for most
 // servers to finish in-flight requests after SIGTERM.
 const defaultStopGracePeriod = 10 * time.Second
+
+// overlayDrainDelay is how long a task on an overlay network keeps
+// running after it is withdrawn from the load balancers and before its
+// stop signal: gossip carries the withdrawal to every host in a few
+// 100 ms rounds, so a second covers a small cluster with margin.
+const overlayDrainDelay = time.Second
 
 // hostnameLen is how much of the task id a container's default hostname
 // takes, like Docker's short container ids.
@@ -36,6 +43,9 @@ type RuncExecutor struct {
 	Images  *image.Store
 	Runtime *container.Runtime
 	Network *bridge.Driver
+	// Overlay attaches containers to overlay networks; nil on a host
+	// without overlay support, where tasks on overlays are refused.
+	Overlay *Overlay
 	NodeID  string
 	Logger  *slog.Logger
 
@@ -65,9 +75,27 @@ func (e *RuncExecutor) Prepare(ctx context.Context, t *shoalpb.Task) ([]string, 
 	if len(args) == 0 {
 		return nil, fmt.Errorf("image %s has no entrypoint or cmd and the service sets no command", cs.GetImage())
 	}
+	if len(t.GetNetworks()) > 0 && e.Overlay == nil {
+		return nil, errors.New("this host cannot attach containers to overlay networks (shoald runs without the overlay driver)")
+	}
 	ep, err := e.Network.Attach(ctx, t.GetId())
 	if err != nil {
 		return nil, fmt.Errorf("attach to the local network: %w", err)
+	}
+	resolv := hostResolvConf()
+	addrs := []string{ep.Address.String()}
+	if len(t.GetNetworks()) > 0 {
+		if err := e.Overlay.Attach(ctx, t, ep.NetNSPath); err != nil {
+			return nil, err
+		}
+		// The embedded resolver answers service names and forwards the
+		// rest to the host's resolvers.
+		if resolv, err = dns.ContainerResolvConf("/etc/resolv.conf"); err != nil {
+			return nil, fmt.Errorf("resolv.conf: %w", err)
+		}
+		for _, a := range t.GetNetworks() {
+			addrs = append(addrs, a.GetAddresses()...)
+		}
 	}
 	hostname := cs.GetHostname()
 	if hostname == "" {
@@ -101,13 +129,13 @@ func (e *RuncExecutor) Prepare(ctx context.Context, t *shoalpb.Task) ([]string, 
 		NetNSPath:  ep.NetNSPath,
 		Labels:     cs.GetLabels(),
 		Hosts:      []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n", ep.Address.Addr(), hostname)),
-		ResolvConf: hostResolvConf(),
+		ResolvConf: resolv,
 		Resources:  containerResources(cs.GetResources()),
 	}
 	if err := e.Runtime.Create(ctx, spec); err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
-	return []string{ep.Address.String()}, nil
+	return addrs, nil
 }
 
 // Start implements Executor: the task's ports are published first, so the
@@ -124,12 +152,25 @@ func (e *RuncExecutor) Start(ctx context.Context, t *shoalpb.Task) error {
 		}
 		return err
 	}
+	if e.Overlay != nil {
+		e.Overlay.SetReady(t.GetId(), true)
+	}
 	return nil
 }
 
 // Adopt implements Executor: it publishes the task's ports again, which
 // only the daemon process that started the container knew of.
 func (e *RuncExecutor) Adopt(ctx context.Context, t *shoalpb.Task) error {
+	if len(t.GetNetworks()) > 0 && e.Overlay != nil {
+		ep, err := e.Network.Lookup(t.GetId())
+		if err != nil {
+			return fmt.Errorf("adopt: %w", err)
+		}
+		if err := e.Overlay.Attach(ctx, t, ep.NetNSPath); err != nil {
+			return fmt.Errorf("adopt: %w", err)
+		}
+		e.Overlay.SetReady(t.GetId(), true)
+	}
 	return e.publishPorts(ctx, t, false)
 }
 
@@ -192,6 +233,9 @@ func (e *RuncExecutor) Wait(ctx context.Context, id string) (ContainerStatus, er
 		return ContainerStatus{}, err
 	}
 	e.unpublishPorts(ctx, id)
+	if e.Overlay != nil {
+		e.Overlay.SetReady(id, false)
+	}
 	return convertStatus(st), nil
 }
 
@@ -220,6 +264,16 @@ func (e *RuncExecutor) Stop(ctx context.Context, t *shoalpb.Task) (ContainerStat
 	// New connections stop first; established ones keep their conntrack
 	// entry and finish during the grace period.
 	e.unpublishPorts(ctx, t.GetId())
+	if e.Overlay != nil && len(t.GetNetworks()) > 0 {
+		// Withdraw from every host's DNS answers and VIP tables, and give
+		// the withdrawal time to get there before the task stops taking
+		// connections.
+		e.Overlay.SetReady(t.GetId(), false)
+		select {
+		case <-time.After(overlayDrainDelay):
+		case <-ctx.Done():
+		}
+	}
 	st, err := e.Runtime.Stop(ctx, t.GetId(), sig, grace)
 	if err != nil {
 		return ContainerStatus{}, err
@@ -236,6 +290,11 @@ func (e *RuncExecutor) Remove(ctx context.Context, id string) error {
 	}
 	if err := e.Runtime.Remove(ctx, id); err != nil {
 		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	if e.Overlay != nil {
+		if err := e.Overlay.Detach(ctx, id); err != nil {
+			return fmt.Errorf("detach %s from its overlay networks: %w", id, err)
+		}
 	}
 	if err := e.Network.Detach(ctx, id); err != nil {
 		return fmt.Errorf("detach %s from the local network: %w", id, err)

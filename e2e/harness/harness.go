@@ -327,6 +327,11 @@ func (h *Host) HTTPGet(url string) (string, error) {
 	return h.Exec("curl", "-sS", "--fail", "--max-time", "5", url)
 }
 
+// RuncCmd returns a runc command against the host's runc root, not started.
+func (h *Host) RuncCmd(args ...string) *exec.Cmd {
+	return exec.Command("runc", append([]string{"--root", filepath.Join(h.RunDir, "runc")}, args...)...)
+}
+
 // Runc runs runc against the host's runc root.
 func (h *Host) Runc(args ...string) (string, error) {
 	cmd := exec.Command("runc", append([]string{"--root", filepath.Join(h.RunDir, "runc")}, args...)...)

@@ -104,6 +104,10 @@ type Daemon struct {
 	gossip       *gossip.Member
 	gossipCancel context.CancelFunc
 	gossipDone   chan struct{}
+
+	overlayOnce sync.Once
+	overlayNet  *agent.Overlay // nil when this host cannot run overlays
+	endpoints   *gossipTable
 }
 
 // SocketPath is where the daemon's local API listens.
@@ -312,6 +316,7 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 		OnManagers:  onManagers,
 		OnNode:      d.onNode,
 		Executor:    d.executor(),
+		Overlay:     d.overlay(),
 		Logger:      d.log,
 	})
 	if err != nil {
@@ -336,7 +341,7 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 // network.
 func (d *Daemon) executor() *agent.RuncExecutor {
 	return &agent.RuncExecutor{
-		Images: d.images, Runtime: d.runtime, Network: d.network,
+		Images: d.images, Runtime: d.runtime, Network: d.network, Overlay: d.overlay(),
 		NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
 	}
 }

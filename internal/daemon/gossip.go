@@ -51,6 +51,11 @@ func (d *Daemon) startGossip(ctx context.Context, managers []string) {
 	gctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	d.gossip, d.gossipCancel, d.gossipDone = g, cancel, done
+	if d.endpoints != nil {
+		// The overlay announces this host's endpoints through the new
+		// member and reads the table from it.
+		d.endpoints.attach(gctx, g)
+	}
 	d.goBackground(func() {
 		defer close(done)
 		delivered := make(chan struct{})

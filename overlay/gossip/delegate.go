@@ -1,15 +1,17 @@
 package gossip
 
-import "sync/atomic"
-
 // delegateVersion is the version of what Shoal carries over gossip
-// besides membership: node metadata now, the endpoint table later. It is
-// memberlist's delegate protocol version (exchanged in every alive message)
-// and the first byte of the metadata, so that a member can tell what a
-// member of another release sends.
+// besides membership. It is memberlist's delegate protocol version
+// (exchanged in every alive message) and the first byte of the metadata,
+// so that a member can tell what a member of another release sends.
 //
-// Version 1: the metadata is [version, flags]; no user messages,
-// broadcasts or push/pull state.
+// Version 1: the metadata is [version, flags]. The endpoint table, added
+// since (user messages, broadcasts and push/pull state), did not change
+// it: members of the first release ignore all three, and the table has
+// its own format version (wireVersion) in every payload. Bumping the
+// delegate version would have cost a rolling upgrade: memberlist refuses
+// to merge with a member whose current version is outside the range every
+// member understands, so a cluster mixing the releases would split.
 const delegateVersion uint8 = 1
 
 // delegateVersionMin is the oldest version this release understands.
@@ -40,18 +42,16 @@ func decodeMeta(b []byte) (m meta, ok bool) {
 	return meta{flags: b[1]}, true
 }
 
-// delegate is the memberlist.Delegate of a Member. The endpoint table
-// will plug in here: GetBroadcasts and NotifyMsg for incremental updates,
-// LocalState and MergeRemoteState for the periodic full exchange. None of
-// its methods may block: memberlist calls them from its network loops.
-type delegate struct {
-	leaving *atomic.Bool // this member is leaving
-}
+// delegate is the memberlist.Delegate of a Member: the metadata, and the
+// endpoint table's broadcasts (GetBroadcasts, NotifyMsg) and full
+// exchange (LocalState, MergeRemoteState). None of its methods may block:
+// memberlist calls them from its network loops.
+type delegate struct{ m *Member }
 
 // NodeMeta is this member's metadata, sent in every alive message.
 func (d delegate) NodeMeta(limit int) []byte {
 	var m meta
-	if d.leaving.Load() {
+	if d.m.isLeaving.Load() {
 		m.flags |= flagLeaving
 	}
 	if b := m.encode(); len(b) <= limit {
@@ -60,7 +60,12 @@ func (d delegate) NodeMeta(limit int) []byte {
 	return nil
 }
 
-func (delegate) NotifyMsg([]byte)                  {}
-func (delegate) GetBroadcasts(_, _ int) [][]byte   { return nil }
-func (delegate) LocalState(bool) []byte            { return nil }
-func (delegate) MergeRemoteState(_ []byte, _ bool) {}
+func (d delegate) NotifyMsg(b []byte) { d.m.receive(b) }
+
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.m.bcast.GetBroadcasts(overhead, limit)
+}
+
+func (d delegate) LocalState(bool) []byte { return d.m.localState() }
+
+func (d delegate) MergeRemoteState(b []byte, _ bool) { d.m.mergeRemote(b) }

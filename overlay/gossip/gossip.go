@@ -107,6 +107,14 @@ type Member struct {
 	isLeaving atomic.Bool   // this member announces its leave
 	seedsSet  chan struct{} // the seeds changed: reconnect now
 
+	// The endpoint table (endpoints.go). Lock order: see there.
+	bcast   *memberlist.TransmitLimitedQueue // its broadcasts
+	changes chan struct{}                    // TableChanges; holds one value
+	tmu     sync.Mutex                       // guards following
+	tab     *table
+	clock   versionClock
+	floor   uint64 // the highest version of this node's state heard from others
+
 	mu    sync.Mutex // guards following
 	seeds []string   // host:port, sorted, never this member's own
 	ran   bool
@@ -133,8 +141,11 @@ func New(cfg Config) (*Member, error) {
 		leaving:  make(map[string]bool),
 		qSignal:  make(chan struct{}, 1),
 		seedsSet: make(chan struct{}, 1),
+		changes:  make(chan struct{}, 1),
+		tab:      newTable(cfg.Name),
 	}
 	mc := memberlistConfig()
+	m.bcast = &memberlist.TransmitLimitedQueue{NumNodes: m.broadcastNodes, RetransmitMult: mc.RetransmitMult}
 	mc.Name = cfg.Name
 	mc.BindAddr = "0.0.0.0"
 	if cfg.BindAddr.IsValid() && !cfg.BindAddr.IsUnspecified() {
@@ -152,7 +163,7 @@ func New(cfg Config) (*Member, error) {
 		mc.SecretKey = cfg.SecretKey
 	}
 	mc.Logger = log.New(logWriter{log: m.log}, "", 0)
-	mc.Delegate = delegate{leaving: &m.isLeaving}
+	mc.Delegate = delegate{m: m}
 	mc.DelegateProtocolVersion = delegateVersion
 	mc.DelegateProtocolMin = delegateVersionMin
 	mc.DelegateProtocolMax = delegateVersion
@@ -216,10 +227,11 @@ func (m *Member) SetSeeds(addrs []string) {
 	}
 }
 
-// Run gossips until ctx ends: it delivers events and keeps joining the
-// seeds not seen alive. It then leaves the cluster (within leaveTimeout),
-// shuts the member down, releases the port and closes Events. A Member
-// runs once.
+// Run gossips until ctx ends: it delivers events, keeps joining the
+// seeds not seen alive, drops the endpoint states of nodes gone for
+// goneGrace and fetches the states whose fragments went missing. It then
+// leaves the cluster (within leaveTimeout), shuts the member down,
+// releases the port and closes Events. A Member runs once.
 func (m *Member) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.ran {
@@ -230,7 +242,7 @@ func (m *Member) Run(ctx context.Context) error {
 	m.mu.Unlock()
 
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		m.deliver(ctx)
@@ -238,6 +250,14 @@ func (m *Member) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		m.reconnectLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		m.expireLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		m.repairLoop(ctx)
 	}()
 	<-ctx.Done()
 	wg.Wait()
@@ -398,6 +418,7 @@ func (e eventDelegate) NotifyJoin(n *memberlist.Node) {
 	delete(e.m.failed, n.Name)
 	e.m.alive[n.Name] = addrPort(n.Addr, n.Port)
 	e.m.qmu.Unlock()
+	e.m.tableAlive(n.Name)
 	e.notify(Alive, n)
 }
 
@@ -415,6 +436,7 @@ func (e eventDelegate) NotifyLeave(n *memberlist.Node) {
 		e.m.failed[n.Name] = failedMember{addr: addrPort(n.Addr, n.Port), since: time.Now()}
 	}
 	e.m.qmu.Unlock()
+	e.m.tableGone(n.Name)
 	if left {
 		e.notify(Left, n)
 		return

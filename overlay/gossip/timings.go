@@ -47,7 +47,9 @@ const (
 	// pushPullInterval is how often a member exchanges its full state with
 	// a random other (anti-entropy, repairing what gossip dropped);
 	// memberlist stretches it with the cluster's size. Half the LAN
-	// default: the state is small.
+	// default: the state is small (the members, and the endpoint table at
+	// about 50 bytes an endpoint), and a lost broadcast of the table not
+	// caught by repairLoop waits for it.
 	pushPullInterval = 15 * time.Second
 	// tcpTimeout bounds joins and push/pull, which go over TCP. On a LAN a
 	// connection that takes longer is to a dead host: the reconnect loop
@@ -72,6 +74,66 @@ const (
 	// out when it stops: enough for a few gossip rounds; a member that
 	// cannot send it is seen failed instead, which is also true.
 	leaveTimeout = time.Second
+)
+
+// Endpoint table timings and sizes.
+const (
+	// goneGrace is how long a member keeps the endpoint state of a node
+	// it no longer sees alive, failed or left alike, before it drops it
+	// (and the data plane withdraws its neighbour entries, WireGuard peer,
+	// DNS answers and backends). Twice the failure detection time:
+	//   - A failed host's containers are gone from the cluster's point of
+	//     view: the managers mark it down and start its tasks elsewhere
+	//     (≤ 10 s, DESIGN.md). Its endpoints leave the load balancers
+	//     about 7 s after it went silent (detection, then the grace),
+	//     before their replacements are up.
+	//   - A member wrongly declared failed (a burst of lost packets, a
+	//     long pause) refutes as soon as it hears the verdict, within a few
+	//     gossip rounds or at the latest at the next reconnect (3 s): the
+	//     grace outlasts that, so a flapping host does not make every
+	//     other host flush and reprogram its entries.
+	//   - A member that left is not dropped at once: a daemon leaves when
+	//     it stops, and its containers outlive it (DESIGN.md), so a
+	//     restart must not cut their traffic. A restart longer than the
+	//     grace costs the gap until its agent publishes again, as it does
+	//     when it starts; the managers have by then marked the node down
+	//     anyway (their heartbeat grace is 3 s).
+	goneGrace = 5 * time.Second
+	// expireInterval is how often a member looks for states to drop: the
+	// precision of goneGrace.
+	expireInterval = 250 * time.Millisecond
+	// fragmentTimeout is how long a member keeps the fragments of an
+	// incomplete state: it only bounds memory. The fragments of even the
+	// largest state cross the cluster within seconds, and a set that
+	// stalls is fetched whole after repairDelay.
+	fragmentTimeout = 30 * time.Second
+	// repairDelay is how long a member waits for the next fragment of a
+	// state it is reassembling before it fetches the state from its owner
+	// by push/pull instead, and repairInterval how often it looks. While
+	// a state spreads, its fragments come in every few gossip intervals;
+	// a second of silence means the spreading is over and missed one.
+	// A fetch too early costs one push/pull (the whole table both ways,
+	// over TCP), not a wrong table.
+	repairDelay    = time.Second
+	repairInterval = 250 * time.Millisecond
+	// minBroadcastNodes: the table's broadcasts are sent as often as in a
+	// cluster of at least 10 members, 8 times by each member that has
+	// them, where memberlist's own messages are sent 4 times below 10
+	// members. Each time goes to a random member: with 3 members, 4 picks
+	// miss a given one 1 time in 16, for each fragment of a state. Above
+	// 10 members the count is memberlist's (RetransmitMult × ceil(log10
+	// (n+1))): every member passes on what it received, so each member
+	// is sent about that many copies.
+	minBroadcastNodes = 10
+	// maxBroadcastSize bounds a broadcast fragment of a state, header
+	// included. memberlist fills UDP packets of UDPBufferSize (1,400
+	// bytes, under the Ethernet MTU); taking off its compound header (2),
+	// encryption (up to 45), the entry's framing (2) and the user message
+	// type (1) leaves 1,350 bytes for a packet that carries nothing else.
+	// 1,200 leaves room for a few of memberlist's own messages (about 50
+	// bytes each), which go first, so a fragment does not wait for a
+	// packet of its own.
+	maxBroadcastSize = 1200
 )
 
 // memberlistConfig is memberlist's LAN configuration with Shoal's timings.
