@@ -93,6 +93,10 @@ bench: deps build images
 	  $(GO) test -run '^$$' -bench . -benchtime 1x -count 3 ./e2e/
 	@echo "== scheduler"
 	$(GO) test -run '^$$' -bench . -benchmem ./scheduler/
+	@echo "== overlay: container to container over VXLAN vs the underlay, two simulated hosts"
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./overlay/vxlan/
+	@echo "== WireGuard (iperf3): raw tunnel, containers routed over it, VXLAN inside it"
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 ./overlay/wg/
 
 clean:
 	rm -rf $(BIN)
