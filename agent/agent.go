@@ -51,6 +51,9 @@ type Config struct {
 	// OnNode, when set, is told this node as the managers see it, when the
 	// session opens and whenever its role changes (promotion, demotion).
 	OnNode func(n *shoalpb.Node)
+	// OnGossipKey, when set, is told the cluster's gossip key each time a
+	// session opens (nil when the cluster has none).
+	OnGossipKey func(key []byte)
 	// Now is the clock (time.Now when nil).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -220,6 +223,9 @@ func (a *Agent) sessionMessage(m *shoalpb.SessionMessage) {
 	}
 	if a.cfg.OnNode != nil && m.GetNode() != nil {
 		a.cfg.OnNode(m.GetNode())
+	}
+	if a.cfg.OnGossipKey != nil && m.GetSessionId() != "" {
+		a.cfg.OnGossipKey(m.GetGossipKey())
 	}
 }
 

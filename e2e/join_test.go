@@ -71,6 +71,34 @@ func TestWorkerJoin(t *testing.T) {
 		return nil
 	})
 
+	// Both hosts gossip with the cluster's key (AES-256), kept root-only
+	// so a restarted host gossips before the managers answer.
+	c.Eventually(waitConverge, "the gossip key on both hosts", func() error {
+		var keys [][]byte
+		for _, h := range []*harness.Host{mgr, wrk} {
+			p := filepath.Join(h.DataDir, "gossip.key")
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if st.Mode().Perm() != 0o600 {
+				return fmt.Errorf("%s has mode %v, want 0600", p, st.Mode().Perm())
+			}
+			k, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			keys = append(keys, k)
+		}
+		if len(keys[0]) != 32 || !bytes.Equal(keys[0], keys[1]) {
+			return fmt.Errorf("gossip keys of %d and %d bytes, want the same 32", len(keys[0]), len(keys[1]))
+		}
+		return nil
+	})
+	if !strings.Contains(wrk.Log(), "gossip") || strings.Contains(wrk.Log(), "gossip is not encrypted") {
+		t.Errorf("worker log does not show encrypted gossip")
+	}
+
 	// The control API over the network: a manager's certificate may call
 	// it; a worker's may not; a forged "manager" certificate is refused at
 	// the handshake. The CLI runs inside the worker host's namespace.

@@ -79,7 +79,10 @@ type SessionMessage struct {
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	Node      *Node                  `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	// Managers lists the managers' addresses the agent may reconnect to.
-	Managers      []string `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
+	Managers []string `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
+	// GossipKey is the key the host's gossip must use (empty: the cluster
+	// has none, gossip is not encrypted).
+	GossipKey     []byte `protobuf:"bytes,4,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -131,6 +134,13 @@ func (x *SessionMessage) GetNode() *Node {
 func (x *SessionMessage) GetManagers() []string {
 	if x != nil {
 		return x.Managers
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetGossipKey() []byte {
+	if x != nil {
+		return x.GossipKey
 	}
 	return nil
 }
@@ -501,12 +511,14 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x10dispatcher.proto\x12\bshoal.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\robjects.proto\"f\n" +
 	"\x0eSessionRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12;\n" +
-	"\vdescription\x18\x02 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\"o\n" +
+	"\vdescription\x18\x02 \x01(\v2\x19.shoal.v1.NodeDescriptionR\vdescription\"\x8e\x01\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\"\n" +
 	"\x04node\x18\x02 \x01(\v2\x0e.shoal.v1.NodeR\x04node\x12\x1a\n" +
-	"\bmanagers\x18\x03 \x03(\tR\bmanagers\"J\n" +
+	"\bmanagers\x18\x03 \x03(\tR\bmanagers\x12\x1d\n" +
+	"\n" +
+	"gossip_key\x18\x04 \x01(\fR\tgossipKey\"J\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +

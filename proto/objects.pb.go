@@ -2623,6 +2623,9 @@ type ClusterSecurity struct {
 	// OperatorToken lets an operator call the control API through any node,
 	// a worker's socket included (the worker forwards it to a manager).
 	OperatorToken string `protobuf:"bytes,5,opt,name=operator_token,json=operatorToken,proto3" json:"operator_token,omitempty"`
+	// GossipKey encrypts and authenticates the hosts' gossip (AES-256-GCM,
+	// memberlist's keyring); agents receive it on their session.
+	GossipKey     []byte `protobuf:"bytes,6,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2690,6 +2693,13 @@ func (x *ClusterSecurity) GetOperatorToken() string {
 		return x.OperatorToken
 	}
 	return ""
+}
+
+func (x *ClusterSecurity) GetGossipKey() []byte {
+	if x != nil {
+		return x.GossipKey
+	}
+	return nil
 }
 
 type Cluster struct {
@@ -3232,14 +3242,16 @@ const file_objects_proto_rawDesc = "" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x122\n" +
 	"\x15default_address_pools\x18\x03 \x03(\tR\x13defaultAddressPools\x12\x1f\n" +
 	"\vsubnet_size\x18\x04 \x01(\rR\n" +
-	"subnetSize\"\xd0\x01\n" +
+	"subnetSize\"\xef\x01\n" +
 	"\x0fClusterSecurity\x12\x1e\n" +
 	"\vca_cert_pem\x18\x01 \x01(\fR\tcaCertPem\x12\x1c\n" +
 	"\n" +
 	"ca_key_pem\x18\x02 \x01(\fR\bcaKeyPem\x12*\n" +
 	"\x11worker_join_token\x18\x03 \x01(\tR\x0fworkerJoinToken\x12,\n" +
 	"\x12manager_join_token\x18\x04 \x01(\tR\x10managerJoinToken\x12%\n" +
-	"\x0eoperator_token\x18\x05 \x01(\tR\roperatorToken\"\x9f\x01\n" +
+	"\x0eoperator_token\x18\x05 \x01(\tR\roperatorToken\x12\x1d\n" +
+	"\n" +
+	"gossip_key\x18\x06 \x01(\fR\tgossipKey\"\x9f\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12)\n" +

@@ -317,6 +317,7 @@ func (l *localServer) LeaveCluster(ctx context.Context, req *shoalpb.LeaveCluste
 	d.stopAgent()
 	d.stopRenewer()
 	d.stopGossip()
+	d.forgetGossipKey()
 	if isManager {
 		d.stopListener()
 		d.stopManager()

@@ -104,6 +104,13 @@ type Daemon struct {
 	gossip       *gossip.Member
 	gossipCancel context.CancelFunc
 	gossipDone   chan struct{}
+	// gossipKey is the cluster's gossip key once known (gossipKeyKnown;
+	// nil for a cluster without one); gossipCtx and gossipManagers are
+	// what startGossip was last asked, for a start the key arrives for.
+	gossipKey      []byte
+	gossipKeyKnown bool
+	gossipCtx      context.Context
+	gossipManagers []string
 
 	overlayOnce sync.Once
 	overlayNet  *agent.Overlay // nil when this host cannot run overlays
@@ -315,6 +322,7 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 		Conn:        conn,
 		OnManagers:  onManagers,
 		OnNode:      d.onNode,
+		OnGossipKey: d.onGossipKey,
 		Executor:    d.executor(),
 		Overlay:     d.overlay(),
 		Logger:      d.log,

@@ -1,9 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/shoal-project/shoal/overlay/gossip"
@@ -22,20 +26,39 @@ const DefaultGossipPort = gossip.DefaultPort
 // go to the manager on this host, if any: its dispatcher acts on them when
 // it leads.
 //
+// The gossip is encrypted with the cluster's gossip key: the one saved by
+// an earlier session, else the member starts when the agent's first
+// session brings the key (onGossipKey).
+//
 // A host whose gossip cannot start (its port taken, say) still works: the
 // managers then notice its loss by heartbeats alone, which is slower.
 func (d *Daemon) startGossip(ctx context.Context, managers []string) {
 	seeds := d.gossipSeeds(managers)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.gossipCtx, d.gossipManagers = ctx, managers
 	if d.gossip != nil {
 		d.gossip.SetSeeds(seeds)
 		return
 	}
+	if !d.gossipKeyKnown {
+		key, err := os.ReadFile(d.gossipKeyPath())
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				d.log.Warn("read the gossip key", "err", err)
+			}
+			return // started by onGossipKey
+		}
+		d.gossipKey, d.gossipKeyKnown = key, true
+	}
 	cfg := gossip.Config{
-		Name:   d.nodeID,
-		Port:   d.cfg.GossipPort,
-		Logger: d.log.With("component", "gossip"),
+		Name:      d.nodeID,
+		Port:      d.cfg.GossipPort,
+		SecretKey: d.gossipKey,
+		Logger:    d.log.With("component", "gossip"),
+	}
+	if len(cfg.SecretKey) == 0 {
+		d.log.Warn("the cluster has no gossip key: gossip is not encrypted")
 	}
 	if host, _, err := net.SplitHostPort(d.advertiseAddr()); err == nil {
 		if ip, err := netip.ParseAddr(host); err == nil && !ip.IsUnspecified() {
@@ -80,6 +103,48 @@ func (d *Daemon) setGossipSeeds(managers []string) {
 	d.mu.Unlock()
 	if g != nil {
 		g.SetSeeds(d.gossipSeeds(managers))
+	}
+}
+
+// gossipKeyPath is where the gossip key is kept between daemon runs, so a
+// restarted host gossips (and keeps its overlay traffic) before the
+// managers answer.
+func (d *Daemon) gossipKeyPath() string { return filepath.Join(d.cfg.DataDir, "gossip.key") }
+
+// onGossipKey takes the gossip key a session brought: saved, and the
+// gossip (re)started with it when it is new.
+func (d *Daemon) onGossipKey(key []byte) {
+	d.mu.Lock()
+	same := d.gossipKeyKnown && bytes.Equal(d.gossipKey, key)
+	running := d.gossip != nil
+	ctx, managers := d.gossipCtx, d.gossipManagers
+	d.gossipKey, d.gossipKeyKnown = key, true
+	d.mu.Unlock()
+	if same && running {
+		return
+	}
+	if len(key) > 0 {
+		if err := writeFileSync(d.gossipKeyPath(), key); err != nil {
+			d.log.Warn("save the gossip key", "err", err)
+		}
+	}
+	if ctx == nil {
+		return // not in a cluster (yet)
+	}
+	if running && !same {
+		d.log.Info("gossip key changed: restarting gossip")
+		d.stopGossip()
+	}
+	d.startGossip(ctx, managers)
+}
+
+// forgetGossipKey removes the saved key (the host left its cluster).
+func (d *Daemon) forgetGossipKey() {
+	d.mu.Lock()
+	d.gossipKey, d.gossipKeyKnown, d.gossipCtx, d.gossipManagers = nil, false, nil, nil
+	d.mu.Unlock()
+	if err := os.Remove(d.gossipKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("remove the gossip key", "err", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -66,7 +67,7 @@ func (d *Daemon) newOverlay() (*agent.Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.endpoints = &gossipTable{changes: make(chan struct{}, 1), vtep: vtep}
+	d.endpoints = &gossipTable{changes: make(chan struct{}, 1), vtep: vtep, log: d.log.With("component", "gossip-table")}
 	if g := d.currentGossip(); g != nil {
 		d.endpoints.attach(d.runCtx, g)
 	}
@@ -89,6 +90,7 @@ func (d *Daemon) currentGossip() *gossip.Member {
 type gossipTable struct {
 	vtep    netip.Addr
 	changes chan struct{}
+	log     *slog.Logger
 
 	mu     sync.Mutex // guards following
 	local  []agent.OverlayEndpoint
@@ -149,7 +151,10 @@ func (g *gossipTable) Announce(eps []agent.OverlayEndpoint) {
 			NetworkID: e.NetworkID, Addr: e.Addr, MAC: e.MAC, Ready: e.Ready,
 		})
 	}
-	_, _ = m.SetLocal(st) // refused only for states over the size limit
+	if _, err := m.SetLocal(st); err != nil {
+		// An invalid or oversized state: the others keep the last good one.
+		g.log.Warn("announce overlay endpoints", "endpoints", len(eps), "err", err)
+	}
 }
 
 // Endpoints implements agent.EndpointTable.

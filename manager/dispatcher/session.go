@@ -47,7 +47,7 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	events := d.store.Watch(wctx)
-	if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: node, Managers: d.managerAddrs()}); err != nil {
+	if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: node, Managers: d.managerAddrs(), GossipKey: d.gossipKey()}); err != nil {
 		return err
 	}
 	// The node learns of changes to its role (promotion, demotion) on its
@@ -72,7 +72,7 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 				continue
 			}
 			role, desired = n.GetRole(), n.GetSpec().GetDesiredRole()
-			if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: n, Managers: d.managerAddrs()}); err != nil {
+			if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: n, Managers: d.managerAddrs(), GossipKey: d.gossipKey()}); err != nil {
 				return err
 			}
 		}
@@ -207,4 +207,11 @@ func (d *Dispatcher) managerAddrs() []string {
 		}
 	})
 	return addrs
+}
+
+// gossipKey returns the cluster's gossip key, nil when it has none.
+func (d *Dispatcher) gossipKey() []byte {
+	var key []byte
+	d.store.View(func(tx store.ReadTx) { key = tx.GetCluster().GetSecurity().GetGossipKey() })
+	return key
 }

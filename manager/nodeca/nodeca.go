@@ -42,6 +42,10 @@ func New(s *store.Store, now func() time.Time, logger *slog.Logger) *Server {
 }
 
 // NewSecurity creates a cluster's root CA and its two join tokens.
+// GossipKeySize is the gossip key's length: 32 bytes selects AES-256 in
+// memberlist's encryption.
+const GossipKeySize = 32
+
 func NewSecurity(clusterID string, now time.Time) (*shoalpb.ClusterSecurity, error) {
 	root, err := ca.NewRootCA(clusterID, now)
 	if err != nil {
@@ -59,10 +63,14 @@ func NewSecurity(clusterID string, now time.Time) (*shoalpb.ClusterSecurity, err
 	if err != nil {
 		return nil, err
 	}
+	gossipKey := make([]byte, GossipKeySize)
+	if _, err := rand.Read(gossipKey); err != nil {
+		return nil, fmt.Errorf("generate the gossip key: %w", err)
+	}
 	return &shoalpb.ClusterSecurity{
 		CaCertPem: root.CertPEM(), CaKeyPem: root.KeyPEM(),
 		WorkerJoinToken: worker, ManagerJoinToken: manager,
-		OperatorToken: op,
+		OperatorToken: op, GossipKey: gossipKey,
 	}, nil
 }
 
