@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,6 +60,42 @@ func TestOverlaySurvivesRestartAndQuorumLoss(t *testing.T) {
 		}
 		return get("web")
 	})
+
+	// Rotate the gossip key: every host switches, and gossip carries a new
+	// endpoint to the others under the new key.
+	keyOf := func(h *harness.Host) string {
+		k, err := os.ReadFile(filepath.Join(h.DataDir, "gossip.key"))
+		if err != nil {
+			return ""
+		}
+		return string(k)
+	}
+	old := keyOf(m1)
+	m1.MustShoal("cluster", "rotate-gossip-key")
+	c.Eventually(waitConverge, "every host has the new gossip key", func() error {
+		k := keyOf(m1)
+		if k == "" || k == old {
+			return fmt.Errorf("m1 still has the old key")
+		}
+		for _, h := range c.Hosts {
+			if keyOf(h) != k {
+				return fmt.Errorf("%s has another key", h.Name)
+			}
+		}
+		return nil
+	})
+	m1.MustShoal("service", "scale", "web=2")
+	c.Eventually(waitConverge, "the new web task is announced by gossip after the rotation", func() error {
+		out, err := w1.Runc("exec", client.ID, "nslookup", "tasks.web")
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(out, "10.10.0."); n < 2 {
+			return fmt.Errorf("tasks.web answers %d addresses, want 2: %q", n, out)
+		}
+		return nil
+	})
+	m1.MustShoal("service", "scale", "web=1")
 
 	// kill -9 the daemons of both hosts and start them again: the
 	// containers ran on, and after reconciling traffic flows.

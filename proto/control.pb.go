@@ -1651,6 +1651,78 @@ func (x *GetOperatorTokenResponse) GetToken() string {
 	return ""
 }
 
+type RotateGossipKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGossipKeyRequest) Reset() {
+	*x = RotateGossipKeyRequest{}
+	mi := &file_control_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGossipKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGossipKeyRequest) ProtoMessage() {}
+
+func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGossipKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateGossipKeyRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{36}
+}
+
+type RotateGossipKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGossipKeyResponse) Reset() {
+	*x = RotateGossipKeyResponse{}
+	mi := &file_control_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGossipKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGossipKeyResponse) ProtoMessage() {}
+
+func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGossipKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateGossipKeyResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{37}
+}
+
 type GetClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1659,7 +1731,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1743,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1756,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 type GetClusterResponse struct {
@@ -1696,7 +1768,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1780,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1793,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1814,10 +1886,12 @@ const file_control_proto_rawDesc = "" +
 	"\x17GetOperatorTokenRequest\x12\x16\n" +
 	"\x06rotate\x18\x01 \x01(\bR\x06rotate\"0\n" +
 	"\x18GetOperatorTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\x13\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\x18\n" +
+	"\x16RotateGossipKeyRequest\"\x19\n" +
+	"\x17RotateGossipKeyResponse\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xb0\v\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\x88\f\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1837,7 +1911,8 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x1c.shoal.v1.GetClusterResponse\x12M\n" +
 	"\fGetJoinToken\x12\x1d.shoal.v1.GetJoinTokenRequest\x1a\x1e.shoal.v1.GetJoinTokenResponse\x12Y\n" +
-	"\x10GetOperatorToken\x12!.shoal.v1.GetOperatorTokenRequest\x1a\".shoal.v1.GetOperatorTokenResponse\x12P\n" +
+	"\x10GetOperatorToken\x12!.shoal.v1.GetOperatorTokenRequest\x1a\".shoal.v1.GetOperatorTokenResponse\x12V\n" +
+	"\x0fRotateGossipKey\x12 .shoal.v1.RotateGossipKeyRequest\x1a!.shoal.v1.RotateGossipKeyResponse\x12P\n" +
 	"\rCreateNetwork\x12\x1e.shoal.v1.CreateNetworkRequest\x1a\x1f.shoal.v1.CreateNetworkResponse\x12G\n" +
 	"\n" +
 	"GetNetwork\x12\x1b.shoal.v1.GetNetworkRequest\x1a\x1c.shoal.v1.GetNetworkResponse\x12M\n" +
@@ -1856,7 +1931,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_control_proto_goTypes = []any{
 	(*CreateNetworkRequest)(nil),     // 0: shoal.v1.CreateNetworkRequest
 	(*CreateNetworkResponse)(nil),    // 1: shoal.v1.CreateNetworkResponse
@@ -1894,41 +1969,43 @@ var file_control_proto_goTypes = []any{
 	(*GetJoinTokenResponse)(nil),     // 33: shoal.v1.GetJoinTokenResponse
 	(*GetOperatorTokenRequest)(nil),  // 34: shoal.v1.GetOperatorTokenRequest
 	(*GetOperatorTokenResponse)(nil), // 35: shoal.v1.GetOperatorTokenResponse
-	(*GetClusterRequest)(nil),        // 36: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),       // 37: shoal.v1.GetClusterResponse
-	(*NetworkSpec)(nil),              // 38: shoal.v1.NetworkSpec
-	(*Network)(nil),                  // 39: shoal.v1.Network
-	(*ServiceSpec)(nil),              // 40: shoal.v1.ServiceSpec
-	(*Service)(nil),                  // 41: shoal.v1.Service
-	(*Task)(nil),                     // 42: shoal.v1.Task
-	(TaskState)(0),                   // 43: shoal.v1.TaskState
-	(*Node)(nil),                     // 44: shoal.v1.Node
-	(*NodeSpec)(nil),                 // 45: shoal.v1.NodeSpec
-	(NodeRole)(0),                    // 46: shoal.v1.NodeRole
-	(*Cluster)(nil),                  // 47: shoal.v1.Cluster
+	(*RotateGossipKeyRequest)(nil),   // 36: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),  // 37: shoal.v1.RotateGossipKeyResponse
+	(*GetClusterRequest)(nil),        // 38: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),       // 39: shoal.v1.GetClusterResponse
+	(*NetworkSpec)(nil),              // 40: shoal.v1.NetworkSpec
+	(*Network)(nil),                  // 41: shoal.v1.Network
+	(*ServiceSpec)(nil),              // 42: shoal.v1.ServiceSpec
+	(*Service)(nil),                  // 43: shoal.v1.Service
+	(*Task)(nil),                     // 44: shoal.v1.Task
+	(TaskState)(0),                   // 45: shoal.v1.TaskState
+	(*Node)(nil),                     // 46: shoal.v1.Node
+	(*NodeSpec)(nil),                 // 47: shoal.v1.NodeSpec
+	(NodeRole)(0),                    // 48: shoal.v1.NodeRole
+	(*Cluster)(nil),                  // 49: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	38, // 0: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
-	39, // 1: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
-	39, // 2: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
-	39, // 3: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
-	40, // 4: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	41, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	41, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	41, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	40, // 8: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	41, // 9: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	42, // 10: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	43, // 11: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	42, // 12: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	44, // 13: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	45, // 14: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	44, // 15: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	46, // 16: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
-	44, // 17: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
-	44, // 18: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	46, // 19: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	47, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	40, // 0: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
+	41, // 1: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
+	41, // 2: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
+	41, // 3: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
+	42, // 4: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	43, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	43, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	43, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	42, // 8: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	43, // 9: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	44, // 10: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	45, // 11: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	44, // 12: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	46, // 13: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	47, // 14: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	46, // 15: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	48, // 16: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
+	46, // 17: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
+	46, // 18: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	48, // 19: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	49, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
 	8,  // 21: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
 	10, // 22: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
 	12, // 23: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
@@ -1941,34 +2018,36 @@ var file_control_proto_depIdxs = []int32{
 	24, // 30: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
 	26, // 31: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
 	28, // 32: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
-	36, // 33: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	38, // 33: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
 	32, // 34: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
 	34, // 35: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
-	0,  // 36: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
-	2,  // 37: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
-	4,  // 38: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
-	6,  // 39: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
-	9,  // 40: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	11, // 41: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	13, // 42: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	15, // 43: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	17, // 44: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	19, // 45: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	21, // 46: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	23, // 47: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	31, // 48: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	25, // 49: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	27, // 50: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	29, // 51: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
-	37, // 52: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	33, // 53: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
-	35, // 54: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
-	1,  // 55: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
-	3,  // 56: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
-	5,  // 57: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
-	7,  // 58: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
-	40, // [40:59] is the sub-list for method output_type
-	21, // [21:40] is the sub-list for method input_type
+	36, // 36: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	0,  // 37: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
+	2,  // 38: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
+	4,  // 39: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
+	6,  // 40: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
+	9,  // 41: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	11, // 42: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	13, // 43: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	15, // 44: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	17, // 45: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	19, // 46: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	21, // 47: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	23, // 48: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	31, // 49: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	25, // 50: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	27, // 51: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	29, // 52: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
+	39, // 53: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	33, // 54: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	35, // 55: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
+	37, // 56: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	1,  // 57: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
+	3,  // 58: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
+	5,  // 59: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
+	7,  // 60: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
+	41, // [41:61] is the sub-list for method output_type
+	21, // [21:41] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -1986,7 +2065,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

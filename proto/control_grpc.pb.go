@@ -34,6 +34,7 @@ const (
 	Control_GetCluster_FullMethodName       = "/shoal.v1.Control/GetCluster"
 	Control_GetJoinToken_FullMethodName     = "/shoal.v1.Control/GetJoinToken"
 	Control_GetOperatorToken_FullMethodName = "/shoal.v1.Control/GetOperatorToken"
+	Control_RotateGossipKey_FullMethodName  = "/shoal.v1.Control/RotateGossipKey"
 	Control_CreateNetwork_FullMethodName    = "/shoal.v1.Control/CreateNetwork"
 	Control_GetNetwork_FullMethodName       = "/shoal.v1.Control/GetNetwork"
 	Control_ListNetworks_FullMethodName     = "/shoal.v1.Control/ListNetworks"
@@ -74,6 +75,9 @@ type ControlClient interface {
 	// GetOperatorToken returns the token operators present to call this API
 	// through a worker, replacing it first when rotate is set.
 	GetOperatorToken(ctx context.Context, in *GetOperatorTokenRequest, opts ...grpc.CallOption) (*GetOperatorTokenResponse, error)
+	// RotateGossipKey replaces the cluster's gossip key; every agent gets the
+	// new one on its session and restarts its gossip with it.
+	RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error)
 	// CreateNetwork allocates a subnet (from the cluster's pools unless the
 	// spec names one) and a VNI; a subnet overlapping another network's is
 	// refused with ALREADY_EXISTS, a name in use too.
@@ -243,6 +247,16 @@ func (c *controlClient) GetOperatorToken(ctx context.Context, in *GetOperatorTok
 	return out, nil
 }
 
+func (c *controlClient) RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateGossipKeyResponse)
+	err := c.cc.Invoke(ctx, Control_RotateGossipKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) CreateNetwork(ctx context.Context, in *CreateNetworkRequest, opts ...grpc.CallOption) (*CreateNetworkResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateNetworkResponse)
@@ -317,6 +331,9 @@ type ControlServer interface {
 	// GetOperatorToken returns the token operators present to call this API
 	// through a worker, replacing it first when rotate is set.
 	GetOperatorToken(context.Context, *GetOperatorTokenRequest) (*GetOperatorTokenResponse, error)
+	// RotateGossipKey replaces the cluster's gossip key; every agent gets the
+	// new one on its session and restarts its gossip with it.
+	RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error)
 	// CreateNetwork allocates a subnet (from the cluster's pools unless the
 	// spec names one) and a VNI; a subnet overlapping another network's is
 	// refused with ALREADY_EXISTS, a name in use too.
@@ -380,6 +397,9 @@ func (UnimplementedControlServer) GetJoinToken(context.Context, *GetJoinTokenReq
 }
 func (UnimplementedControlServer) GetOperatorToken(context.Context, *GetOperatorTokenRequest) (*GetOperatorTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetOperatorToken not implemented")
+}
+func (UnimplementedControlServer) RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateGossipKey not implemented")
 }
 func (UnimplementedControlServer) CreateNetwork(context.Context, *CreateNetworkRequest) (*CreateNetworkResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateNetwork not implemented")
@@ -684,6 +704,24 @@ func _Control_GetOperatorToken_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RotateGossipKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateGossipKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateGossipKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateGossipKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateGossipKey(ctx, req.(*RotateGossipKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_CreateNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateNetworkRequest)
 	if err := dec(in); err != nil {
@@ -822,6 +860,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOperatorToken",
 			Handler:    _Control_GetOperatorToken_Handler,
+		},
+		{
+			MethodName: "RotateGossipKey",
+			Handler:    _Control_RotateGossipKey_Handler,
 		},
 		{
 			MethodName: "CreateNetwork",

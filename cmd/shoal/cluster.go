@@ -15,7 +15,7 @@ func newClusterCmd(a *app) *cobra.Command {
 	return newGroupCmd("cluster", "Manage the cluster",
 		"Create the cluster, join hosts to it, and manage its join tokens.",
 		newClusterInitCmd(a), newClusterJoinTokenCmd(a), newClusterOperatorTokenCmd(a), newClusterJoinCmd(a),
-		newClusterLeaveCmd(a), newClusterBackupCmd(a), newClusterRestoreCmd(a))
+		newClusterLeaveCmd(a), newClusterBackupCmd(a), newClusterRestoreCmd(a), newClusterRotateGossipKeyCmd(a))
 }
 
 func newClusterInitCmd(a *app) *cobra.Command {
@@ -331,4 +331,30 @@ password. --rotate replaces it; the old one stops working at once.`,
 	}
 	c.Flags().BoolVar(&rotate, "rotate", false, "replace the token first")
 	return c
+}
+
+func newClusterRotateGossipKeyCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate-gossip-key",
+		Short: "Replace the key that encrypts the hosts' gossip",
+		Long: `Replace the cluster's gossip key (AES-256). Every host gets the new key on
+its session with the managers and restarts its gossip with it, within about
+a second; until a host has it, its gossip with the others pauses (liveness
+then rests on the dispatcher's heartbeats, and overlay traffic already
+programmed keeps flowing). A host that is down gets the key when it is back.`,
+		Example: `  shoal cluster rotate-gossip-key`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			d, err := a.daemon(ctx)
+			if err != nil {
+				return err
+			}
+			if _, err := d.control.RotateGossipKey(ctx, &shoalpb.RotateGossipKeyRequest{}); err != nil {
+				return fmt.Errorf("rotate the gossip key: %w", err)
+			}
+			fmt.Fprintln(a.stdout, "Gossip key rotated; hosts switch to it on their sessions.")
+			return nil
+		},
+	}
 }

@@ -246,3 +246,11 @@ func (p *controlProxy) RemoveNetwork(ctx context.Context, r *shoalpb.RemoveNetwo
 	}
 	return c.RemoveNetwork(ctx, r)
 }
+
+func (p *controlProxy) RotateGossipKey(ctx context.Context, r *shoalpb.RotateGossipKeyRequest) (*shoalpb.RotateGossipKeyResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.RotateGossipKey(ctx, r)
+}

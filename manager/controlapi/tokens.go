@@ -66,3 +66,12 @@ func (s *Server) GetOperatorToken(ctx context.Context, req *shoalpb.GetOperatorT
 	}
 	return &shoalpb.GetOperatorTokenResponse{Token: tok}, nil
 }
+
+// RotateGossipKey replaces the cluster's gossip key.
+func (s *Server) RotateGossipKey(ctx context.Context, _ *shoalpb.RotateGossipKeyRequest) (*shoalpb.RotateGossipKeyResponse, error) {
+	if err := nodeca.RotateGossipKey(ctx, s.store); err != nil {
+		return nil, s.toStatus("rotate the gossip key", err)
+	}
+	s.logger.Info("gossip key rotated")
+	return &shoalpb.RotateGossipKeyResponse{}, nil
+}

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"net"
 
@@ -53,6 +54,7 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 	// The node learns of changes to its role (promotion, demotion) on its
 	// session: it acts on them itself.
 	role, desired := node.GetRole(), node.GetSpec().GetDesiredRole()
+	key := d.gossipKey()
 	for {
 		select {
 		case <-ctx.Done():
@@ -62,6 +64,20 @@ func (d *Dispatcher) Session(req *shoalpb.SessionRequest, stream grpc.ServerStre
 		case ev, ok := <-events:
 			if !ok {
 				events = d.store.Watch(wctx) // fell behind: watch again
+				continue
+			}
+			if c, ok := ev.Object.(*shoalpb.Cluster); ok {
+				// A rotated gossip key goes to every agent at once.
+				if k := c.GetSecurity().GetGossipKey(); !bytes.Equal(k, key) {
+					key = k
+					n := d.currentNode(nodeID)
+					if n == nil {
+						continue
+					}
+					if err := stream.Send(&shoalpb.SessionMessage{SessionId: s.id, Node: n, Managers: d.managerAddrs(), GossipKey: key}); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			n, isNode := ev.Object.(*shoalpb.Node)
@@ -214,4 +230,11 @@ func (d *Dispatcher) gossipKey() []byte {
 	var key []byte
 	d.store.View(func(tx store.ReadTx) { key = tx.GetCluster().GetSecurity().GetGossipKey() })
 	return key
+}
+
+// currentNode returns the stored node, nil when it is gone.
+func (d *Dispatcher) currentNode(id string) *shoalpb.Node {
+	var n *shoalpb.Node
+	d.store.View(func(tx store.ReadTx) { n = tx.GetNode(id) })
+	return n
 }

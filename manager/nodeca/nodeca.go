@@ -114,6 +114,24 @@ func RotateOperatorToken(ctx context.Context, s *store.Store) (string, error) {
 	return tok, err
 }
 
+// RotateGossipKey stores a new random gossip key in the cluster.
+func RotateGossipKey(ctx context.Context, s *store.Store) error {
+	key := make([]byte, GossipKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("generate the gossip key: %w", err)
+	}
+	return s.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
+		c := tx.GetCluster()
+		if c.GetSecurity() == nil {
+			return errors.New("the cluster has no security material yet")
+		}
+		c = proto.Clone(c).(*shoalpb.Cluster)
+		c.Security.GossipKey = key
+		b.UpdateCluster(c)
+		return nil
+	})
+}
+
 // RoleOf converts an API role to a certificate role.
 func RoleOf(r shoalpb.NodeRole) (ca.Role, error) {
 	switch r {
