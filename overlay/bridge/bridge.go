@@ -83,7 +83,7 @@ type Config struct {
 	// daemon knows what exists.
 	StateDir string
 	// HostNetNS is the path of the network namespace the bridge lives in; ""
-	// means the process's own network namespace (/proc/self/ns/net).
+	// means the namespace the process started in (DefaultHostNetNS).
 	HostNetNS string
 	// Logger receives debug and info records; nil discards them.
 	Logger *slog.Logger
@@ -104,6 +104,14 @@ type Driver struct {
 	// order: mu before PortTable.mu (Teardown clears the port table).
 	mu sync.Mutex
 }
+
+// DefaultHostNetNS names the process's own network namespace as the calling
+// thread sees it. Not /proc/self/ns/net: that is the main thread's, and a
+// goroutine locked to the main thread may be inside a container or sandbox
+// namespace at that moment, so the bridge would be looked for, or made, in
+// the wrong place. Every thread not locked by a namespace switch is in the
+// process's namespace, and the driver opens this path from such threads.
+const DefaultHostNetNS = "/proc/thread-self/ns/net"
 
 // New validates cfg, applies defaults and prepares StateDir. It does not touch
 // the kernel: call Setup to create the bridge.
@@ -133,7 +141,7 @@ func New(cfg Config) (*Driver, error) {
 		log:       cfg.Logger.With("bridge", cfg.Name),
 	}
 	if d.hostNS == "" {
-		d.hostNS = "/proc/self/ns/net"
+		d.hostNS = DefaultHostNetNS
 	}
 	d.ports = newPortTable(cfg, d.hostNS, d.log)
 	if err := os.MkdirAll(d.netnsDir, 0o700); err != nil {

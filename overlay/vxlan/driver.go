@@ -34,6 +34,14 @@ const (
 	// `ip netns` uses, so an operator can `ip netns exec <prefix>-ov-<id> ...`.
 	DefaultNetNSDir = "/run/netns"
 
+	// DefaultHostNetNS names the process's own network namespace as the
+	// calling thread sees it. Not /proc/self/ns/net: that is the main
+	// thread's, and a goroutine locked to the main thread may be inside a
+	// sandbox or container namespace at that moment. Every thread not
+	// locked by a namespace switch is in the process's namespace, and the
+	// driver opens this path from such threads.
+	DefaultHostNetNS = "/proc/thread-self/ns/net"
+
 	// MaxPrefixLen bounds Config.Prefix so every link name fits the kernel's
 	// 15 bytes: the longest is a veth, the prefix then "v" and 8 hex digits.
 	MaxPrefixLen = 6
@@ -91,7 +99,7 @@ type Config struct {
 	Prefix string
 	// HostNetNS is the path of the host's network namespace, where the
 	// underlay is and the VXLAN UDP sockets live; "" means the process's
-	// own (/proc/self/ns/net).
+	// own (DefaultHostNetNS).
 	HostNetNS string
 	// NetNSDir holds the sandbox netns files; default DefaultNetNSDir. The
 	// bind mounts pin the sandboxes only as long as the mount namespace
@@ -188,7 +196,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d := &Driver{cfg: cfg, hostNS: cfg.HostNetNS, log: cfg.Logger.With("vxlan", cfg.Prefix)}
 	if d.hostNS == "" {
-		d.hostNS = "/proc/self/ns/net"
+		d.hostNS = DefaultHostNetNS
 	}
 	return d, nil
 }
