@@ -77,7 +77,9 @@ type Config struct {
 	// ListenPort is the UDP port; 0 means DefaultListenPort.
 	ListenPort int
 	// Address is the host's address on the WireGuard network, with its
-	// prefix length (e.g. 10.99.0.1/24).
+	// prefix length (e.g. 10.99.0.1/24). Optional: an interface that only
+	// carries routed traffic (Shoal's encrypted overlays) needs none, and
+	// the zero value leaves it without one.
 	Address netip.Prefix
 	// MTU of the interface; 0 means DefaultMTU.
 	MTU int
@@ -146,8 +148,6 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: no private key", ErrInvalid)
 	case c.ListenPort < 0 || c.ListenPort > 65535:
 		return c, fmt.Errorf("%w: listen port %d", ErrInvalid, c.ListenPort)
-	case !c.Address.IsValid():
-		return c, fmt.Errorf("%w: no interface address", ErrInvalid)
 	case c.MTU < 576 || c.MTU > 65535:
 		return c, fmt.Errorf("%w: MTU %d", ErrInvalid, c.MTU)
 	case c.Kind != "" && c.Kind != KindKernel && c.Kind != KindUserspace:
@@ -281,21 +281,28 @@ func (d *Device) openKernel() error {
 	}
 }
 
-// reconcileAddress leaves exactly d.addr on the link (IPv6 link-local
-// addresses the kernel adds are left alone).
+// reconcileAddress leaves exactly d.addr on the link, or no address when
+// d.addr is the zero value (IPv6 link-local addresses the kernel adds are
+// left alone).
 func (d *Device) reconcileAddress(link netlink.Link) error {
-	want := prefixToAddr(d.addr)
 	addrs, err := d.nl.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
+	var want *netlink.Addr
+	if d.addr.IsValid() {
+		want = prefixToAddr(d.addr)
+	}
 	for _, a := range addrs {
-		if a.IP.IsLinkLocalUnicast() || a.IPNet.String() == want.IPNet.String() {
+		if a.IP.IsLinkLocalUnicast() || (want != nil && a.IPNet.String() == want.IPNet.String()) {
 			continue
 		}
 		if err := d.nl.AddrDel(link, &a); err != nil {
 			return fmt.Errorf("remove stale address %s: %w", a.IPNet, err)
 		}
+	}
+	if want == nil {
+		return nil
 	}
 	if err := d.nl.AddrReplace(link, want); err != nil {
 		return fmt.Errorf("set address %s: %w", d.addr, err)

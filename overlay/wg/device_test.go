@@ -26,7 +26,6 @@ func TestOpenRejectsInvalidConfig(t *testing.T) {
 		{"no name", func(c *Config) { c.Name = "" }},
 		{"name too long", func(c *Config) { c.Name = "wg-name-too-long" }},
 		{"no key", func(c *Config) { c.PrivateKey = wgtypes.Key{} }},
-		{"no address", func(c *Config) { c.Address = netip.Prefix{} }},
 		{"bad port", func(c *Config) { c.ListenPort = 70000 }},
 		{"bad MTU", func(c *Config) { c.MTU = 100 }},
 		{"bad kind", func(c *Config) { c.Kind = "ebpf" }},
@@ -273,5 +272,20 @@ func (l *lab) checkNoLeak(t testing.TB) {
 		if strings.HasPrefix(i.Name, l.prefix) {
 			t.Errorf("link %s leaked into the root netns", i.Name)
 		}
+	}
+}
+
+// An interface that only carries routed traffic needs no address.
+func TestOpenWithoutAddress(t *testing.T) {
+	l := newLab(t)
+	h := l.addHost(1, 0)
+	h.wgAddr = netip.Prefix{}
+	d := h.open(0)
+	if d.Address().IsValid() {
+		t.Errorf("Address() = %s, want none", d.Address())
+	}
+	out := run(t, "ip", "-n", h.ns, "-4", "addr", "show", "dev", h.wgName)
+	if strings.Contains(out, "inet ") {
+		t.Errorf("interface has an IPv4 address:\n%s", out)
 	}
 }
