@@ -15,6 +15,8 @@
 //	POST /healthz/fail, POST /healthz/ok   switch /healthz
 //	GET  /delay?ms=N  answer after N milliseconds (drain tests)
 //	GET  /env         the environment, one variable a line, sorted
+//	GET  /udp         the datagrams received on $UDP_PORT (when set), one a
+//	                  line as `<sender> "<payload>"`, the last 100
 //
 // Build it static (CGO_ENABLED=0): it runs in a busybox image.
 package main
@@ -31,6 +33,7 @@ import (
 	"os/signal"
 	"sort"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -101,7 +104,18 @@ func serve(ctx context.Context, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "listen: %v\n", err)
 		return 1
 	}
-	srv := &http.Server{Handler: newApp().handler(), ReadHeaderTimeout: 10 * time.Second}
+	a := newApp()
+	if udpPort := os.Getenv("UDP_PORT"); udpPort != "" {
+		pc, err := net.ListenPacket("udp", ":"+udpPort)
+		if err != nil {
+			fmt.Fprintf(stderr, "listen udp: %v\n", err)
+			return 1
+		}
+		defer pc.Close()
+		fmt.Fprintf(stdout, "receiving UDP on :%d\n", pc.LocalAddr().(*net.UDPAddr).Port)
+		go a.receiveUDP(pc)
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
 	// The bound port, not $PORT: "0" asks for any free port (tests).
 	fmt.Fprintf(stdout, "listening on :%d task=%s slot=%s\n", ln.Addr().(*net.TCPAddr).Port, os.Getenv("SHOAL_TASK_ID"), os.Getenv("SHOAL_TASK_SLOT"))
 	errc := make(chan error, 1)
@@ -126,16 +140,40 @@ func serve(ctx context.Context, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// maxDatagrams bounds how many received UDP datagrams /udp remembers.
+const maxDatagrams = 100
+
 // app holds the state the endpoints share.
 type app struct {
-	failing  atomic.Bool
-	hostname func() (string, error)
-	getenv   func(string) string
-	environ  func() []string
+	failing atomic.Bool
+
+	mu        sync.Mutex // guards datagrams
+	datagrams []string   // received on $UDP_PORT, oldest first
+	hostname  func() (string, error)
+	getenv    func(string) string
+	environ   func() []string
 }
 
 func newApp() *app {
 	return &app{hostname: os.Hostname, getenv: os.Getenv, environ: os.Environ}
+}
+
+// receiveUDP records every datagram pc receives (as "from payload"), until
+// pc is closed: tests check which packets reached the container.
+func (a *app) receiveUDP(pc net.PacketConn) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		a.mu.Lock()
+		a.datagrams = append(a.datagrams, fmt.Sprintf("%s %q", from, buf[:n]))
+		if len(a.datagrams) > maxDatagrams {
+			a.datagrams = a.datagrams[1:]
+		}
+		a.mu.Unlock()
+	}
 }
 
 func (a *app) handler() http.Handler {
@@ -179,6 +217,13 @@ func (a *app) handler() http.Handler {
 		}
 		host, _ := a.hostname()
 		fmt.Fprintf(w, "delayed %d ms hostname=%s task=%s\n", ms, host, a.getenv("SHOAL_TASK_ID"))
+	})
+	mux.HandleFunc("GET /udp", func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, d := range a.datagrams {
+			fmt.Fprintln(w, d)
+		}
 	})
 	mux.HandleFunc("GET /env", func(w http.ResponseWriter, r *http.Request) {
 		env := a.environ()

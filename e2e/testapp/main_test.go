@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -190,4 +192,42 @@ func TestFlagModes(t *testing.T) {
 			t.Errorf("exit code %d after SIGTERM, want 0", code)
 		}
 	})
+}
+
+// With $UDP_PORT the app records the datagrams it receives; /udp lists them.
+func TestUDPDatagramsListed(t *testing.T) {
+	a := newApp()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go a.receiveUDP(pc)
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv := httptest.NewServer(a.handler())
+	t.Cleanup(srv.Close)
+	want := fmt.Sprintf("%s %q\n", c.LocalAddr(), "marker-1")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := c.Write([]byte("marker-1")); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get(srv.URL + "/udp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.HasPrefix(string(body), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/udp = %q, want it to start with %q", body, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
