@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,10 +26,12 @@ const (
 	// large UDP and ICMP do not). Over an IPv6 underlay subtract 20 more.
 	DefaultMTU = 1450
 
-	// EncryptedMTU fits a network whose VXLAN runs inside WireGuard: a
-	// WireGuard interface defaults to MTU 1420 (1500 minus 80, its worst case,
-	// over IPv6), minus the 50 bytes of VXLAN.
-	EncryptedMTU = 1370
+	// EncryptedDefaultMTU is the MTU of an encrypted network's links when
+	// Network.MTU is 0: WireGuard's own default (1500 minus 80, its worst
+	// case, over IPv6), which the host's WireGuard interface has unless
+	// configured otherwise. An encrypted network carries no VXLAN, so its
+	// packets need no room beyond WireGuard's.
+	EncryptedDefaultMTU = 1420
 
 	// DefaultNetNSDir is where sandboxes are pinned by default: the directory
 	// `ip netns` uses, so an operator can `ip netns exec <prefix>-ov-<id> ...`.
@@ -43,7 +46,8 @@ const (
 	DefaultHostNetNS = "/proc/thread-self/ns/net"
 
 	// MaxPrefixLen bounds Config.Prefix so every link name fits the kernel's
-	// 15 bytes: the longest is a veth, the prefix then "v" and 8 hex digits.
+	// 15 bytes: the longest is a veth, the prefix then "v" and 8 hex digits
+	// (an uplink's host end, the prefix then "u" and 6, is shorter).
 	MaxPrefixLen = 6
 
 	// maxIDLen bounds network and endpoint ids; network ids name files.
@@ -105,11 +109,16 @@ type Config struct {
 	// bind mounts pin the sandboxes only as long as the mount namespace
 	// they were made in lives (see the package doc).
 	NetNSDir string
-	// VTEP is the host's underlay address: the vxlan devices' local address
-	// unless a Network overrides it. Required.
+	// VTEP is the host's underlay address: the vxlan devices' local
+	// address. Required.
 	VTEP netip.Addr
 	// Port is the VXLAN UDP port; default DefaultPort.
 	Port int
+	// WireGuardIf is the name of the host's WireGuard interface in HostNetNS
+	// (created and keyed by the caller, overlay/wg). Required to ensure an
+	// encrypted network; ignored otherwise. It must not start with the
+	// prefix followed by "u" (the driver's uplinks).
+	WireGuardIf string
 	// Logger receives debug and info records; nil discards them.
 	Logger *slog.Logger
 }
@@ -125,19 +134,20 @@ type Network struct {
 	Subnet netip.Prefix
 	// Gateway is set on the sandbox bridge; it must be inside Subnet.
 	Gateway netip.Addr
-	// MTU of the bridge, the vxlan device and every veth end; 0 means
-	// DefaultMTU. Lower it where the underlay path has extra overhead
-	// (EncryptedMTU over WireGuard).
+	// MTU of the bridge, the vxlan device or uplink, and every veth end; 0
+	// means DefaultMTU, or EncryptedDefaultMTU for an encrypted network.
+	// Lower it where the underlay path has extra overhead; an encrypted
+	// network's MTU should not exceed the WireGuard interface's.
 	MTU int
 	// Internal marks a network without egress. It changes nothing here: the
 	// overlay never carries egress traffic, containers reach the outside
 	// through the node-local bridge, which the agent leaves out for a
 	// container attached to internal networks only.
 	Internal bool
-	// VTEP overrides Config.VTEP as the vxlan device's local address; an
-	// encrypted network uses the host's WireGuard address so that its VXLAN
-	// travels inside the tunnel. The zero value means Config.VTEP.
-	VTEP netip.Addr
+	// Encrypted networks carry no VXLAN: their traffic between hosts is
+	// routed over Config.WireGuardIf. Their subnets must not overlap each
+	// other's or the host's own (see the package doc).
+	Encrypted bool
 }
 
 // Endpoint is a container's attachment to an overlay network.
@@ -153,10 +163,13 @@ type Endpoint struct {
 }
 
 // Remote is an endpoint of the network on another host.
+//
+// On an encrypted network only Addr matters: the remote is reached by routing
+// over WireGuard, and MAC and VTEP may be zero.
 type Remote struct {
 	Addr netip.Addr       // the remote container's overlay address
 	MAC  net.HardwareAddr // its interface's MAC
-	VTEP netip.Addr       // the underlay (or WireGuard) address of its host
+	VTEP netip.Addr       // the underlay address of its host
 }
 
 // Driver is the overlay data plane of one host. Its methods are safe for
@@ -194,6 +207,10 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Port < 1 || cfg.Port > 65535 {
 		return nil, fmt.Errorf("%w: port %d", ErrInvalidConfig, cfg.Port)
 	}
+	if cfg.WireGuardIf != "" && (!validIfName(cfg.WireGuardIf) || strings.HasPrefix(cfg.WireGuardIf, cfg.Prefix+uplinkMark)) {
+		return nil, fmt.Errorf("%w: WireGuard interface name %q (1-%d bytes, not starting with %q)",
+			ErrInvalidConfig, cfg.WireGuardIf, maxIfNameLen, cfg.Prefix+uplinkMark)
+	}
 	d := &Driver{cfg: cfg, hostNS: cfg.HostNetNS, log: cfg.Logger.With("vxlan", cfg.Prefix)}
 	if d.hostNS == "" {
 		d.hostNS = DefaultHostNetNS
@@ -227,7 +244,7 @@ func validID(s string) bool {
 	return true
 }
 
-// normalize validates n and applies the defaults (MTU, VTEP, masked subnet).
+// normalize validates n and applies the defaults (MTU, masked subnet).
 func (d *Driver) normalize(n Network) (Network, error) {
 	bad := func(format string, args ...any) (Network, error) {
 		return Network{}, fmt.Errorf("%w %q: %s", ErrInvalidNetwork, n.ID, fmt.Sprintf(format, args...))
@@ -248,16 +265,20 @@ func (d *Driver) normalize(n Network) (Network, error) {
 	}
 	if n.MTU == 0 {
 		n.MTU = DefaultMTU
+		if n.Encrypted {
+			n.MTU = EncryptedDefaultMTU
+		}
 	}
 	if n.MTU < minMTU || n.MTU > maxMTU {
 		return bad("MTU %d outside %d-%d", n.MTU, minMTU, maxMTU)
 	}
-	if !n.VTEP.IsValid() {
-		n.VTEP = d.cfg.VTEP
-	}
-	n.VTEP = n.VTEP.Unmap()
-	if n.VTEP.IsUnspecified() {
-		return bad("VTEP %s is unspecified", n.VTEP)
+	if n.Encrypted {
+		if d.cfg.WireGuardIf == "" {
+			return bad("encrypted, and the driver has no WireGuard interface (Config.WireGuardIf)")
+		}
+		if n.Subnet.Contains(uplinkNextHop) {
+			return bad("encrypted subnet %s holds %s, the next hop the driver uses on uplinks", n.Subnet, uplinkNextHop)
+		}
 	}
 	return n, nil
 }

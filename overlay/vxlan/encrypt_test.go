@@ -144,7 +144,7 @@ func TestEncryptedVNIDrop(t *testing.T) {
 }
 
 // nftablesIn returns an nftables connection to the netns at path.
-func nftablesIn(t *testing.T, path string) *nftables.Conn {
+func nftablesIn(t testing.TB, path string) *nftables.Conn {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	if err != nil {

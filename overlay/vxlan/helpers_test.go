@@ -47,6 +47,7 @@ type testHost struct {
 	uplink string     // its underlay link, in ns
 	cfg    Config
 	d      *Driver
+	wg     *wgHost // nil until world.addWireGuard
 }
 
 func requireRoot(tb testing.TB) {

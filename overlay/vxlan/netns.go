@@ -53,21 +53,32 @@ func inNetNS(path string, fn func() error) error {
 	})
 }
 
+// sysctl is one /proc/sys/net file and the value it should hold.
+type sysctl struct{ path, value string }
+
 // setSysctl writes value to the sysctl file (a /proc/sys/net path) as the
-// namespace at nsPath sees it; those files belong to the namespace of the
-// thread that opens them. It writes only when the value differs: writing
-// ip_forward, for one, also resets every interface's forwarding flag.
-func setSysctl(nsPath, sysctl, value string) error {
+// namespace at nsPath sees it; see setSysctls.
+func setSysctl(nsPath, path, value string) error {
+	return setSysctls(nsPath, sysctl{path, value})
+}
+
+// setSysctls writes each value to its sysctl file as the namespace at nsPath
+// sees it; those files belong to the namespace of the thread that opens
+// them. It writes only the values that differ: writing ip_forward, for one,
+// also resets every interface's forwarding flag.
+func setSysctls(nsPath string, ss ...sysctl) error {
 	return inNetNS(nsPath, func() error {
-		cur, err := os.ReadFile(sysctl)
-		if err != nil {
-			return fmt.Errorf("read %s in %s: %w", sysctl, nsPath, err)
-		}
-		if strings.TrimSpace(string(cur)) == value {
-			return nil
-		}
-		if err := os.WriteFile(sysctl, []byte(value+"\n"), 0o644); err != nil {
-			return fmt.Errorf("write %s=%s in %s: %w", sysctl, value, nsPath, err)
+		for _, s := range ss {
+			cur, err := os.ReadFile(s.path)
+			if err != nil {
+				return fmt.Errorf("read %s in %s: %w", s.path, nsPath, err)
+			}
+			if strings.TrimSpace(string(cur)) == s.value {
+				continue
+			}
+			if err := os.WriteFile(s.path, []byte(s.value+"\n"), 0o644); err != nil {
+				return fmt.Errorf("write %s=%s in %s: %w", s.path, s.value, nsPath, err)
+			}
 		}
 		return nil
 	})

@@ -11,23 +11,39 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// ipForward is the sysctl that must stay 0 in a sandbox: a sandbox only
-// bridges, and a sandbox that routed would let a container reach past its
-// network through the gateway address.
+// ipForward is the sysctl that stays 0 in a plain network's sandbox, which
+// only bridges: a sandbox that routed would let a container reach past its
+// network through the gateway address. An encrypted network's sandbox
+// routes between its bridge and its uplink, and the host netns routes
+// between the uplinks and WireGuard: 1 in both.
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
 
 // EnsureNetwork creates or repairs network n's sandbox: a netns pinned at
-// SandboxPath(n.ID) with IP forwarding off, holding the bridge (gateway
-// address, a fixed MAC derived from the gateway, MTU, up) and the vxlan
-// device (VNI, port, local VTEP, no learning, proxy ARP, MTU, on the bridge,
-// up). The vxlan is created in the host netns and then moved, so its UDP
-// socket stays on the underlay.
+// SandboxPath(n.ID) holding the bridge (gateway address, a fixed MAC derived
+// from the gateway, MTU, up), and
 //
-// It is idempotent and keeps existing endpoints and remotes working, with one
-// exception: a vxlan device whose VNI, port or VTEP differs from n is
-// replaced, and its remotes with it; callers always follow EnsureNetwork with
-// SetRemotes. A changed MTU reaches the sandbox ends of existing veths at
-// once and the container ends at their next Attach.
+//   - for a plain network, with IP forwarding off, the vxlan device (VNI,
+//     port, Config.VTEP, no learning, proxy ARP, MTU, on the bridge, up),
+//     created in the host netns and then moved, so its UDP socket stays on
+//     the underlay;
+//   - for an encrypted network, no vxlan device but an uplink veth to the
+//     host netns (<prefix>up in the sandbox, <prefix>u<VNI hex> in the
+//     host, MTU), IP forwarding on and proxy ARP on the bridge; in the host
+//     netns, the route for the subnet to the sandbox, IP forwarding on, and
+//     the isolation table updated (see the package doc). An encrypted
+//     network whose subnet overlaps another encrypted network's, or an
+//     address or route of the host netns (the underlay, the WireGuard
+//     interface's own subnet), is refused with ErrInvalidNetwork, as is one
+//     whose VNI another encrypted network uses. Config.WireGuardIf must be
+//     set; the interface itself need not exist yet (SetRemotes needs it).
+//
+// It is idempotent and keeps existing endpoints and remotes working, with two
+// exceptions: a vxlan device whose VNI, port or VTEP differs from n is
+// replaced, and its remotes with it; and a network whose Encrypted flag
+// changed is rebuilt the other way (vxlan device or uplink), losing its
+// remotes. Callers always follow EnsureNetwork with SetRemotes. A changed MTU
+// reaches the sandbox ends of existing veths at once and the container ends
+// at their next Attach.
 func (d *Driver) EnsureNetwork(ctx context.Context, n Network) error {
 	n, err := d.normalize(n)
 	if err != nil {
@@ -45,13 +61,19 @@ func (d *Driver) EnsureNetwork(ctx context.Context, n Network) error {
 }
 
 func (d *Driver) ensureNetworkLocked(ctx context.Context, n Network) error {
-	path := d.sandboxPath(n.ID)
-	if err := createNetNS(path); err != nil {
+	host, err := openNS(d.hostNS)
+	if err != nil {
 		return err
 	}
-	// New namespaces start with forwarding off (PLATFORM.md); enforce it in
-	// case someone turned it on.
-	if err := setSysctl(path, ipForward, "0"); err != nil {
+	defer host.Close()
+	if n.Encrypted {
+		// Before anything is made: a refused network leaves no trace.
+		if err := d.checkRouted(host, n); err != nil {
+			return err
+		}
+	}
+	path := d.sandboxPath(n.ID)
+	if err := createNetNS(path); err != nil {
 		return err
 	}
 	sb, err := openNS(path)
@@ -63,17 +85,45 @@ func (d *Driver) ensureNetworkLocked(ctx context.Context, n Network) error {
 	if err != nil {
 		return err
 	}
+	// New namespaces may inherit forwarding from the host's (PLATFORM.md);
+	// enforce it either way.
+	if err := setSysctls(path, d.sandboxSysctls(n)...); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := d.ensureVxlan(sb, br, n); err != nil {
+	if n.Encrypted {
+		err = d.ensureRouted(host, sb, n)
+	} else {
+		err = d.ensurePlain(host, sb, br, n)
+	}
+	if err != nil {
 		return err
 	}
 	if err := d.syncPortMTUs(sb.h, br, n.MTU); err != nil {
 		return err
 	}
-	d.log.Debug("network ensured", "network", n.ID, "vni", n.VNI, "subnet", n.Subnet, "vtep", n.VTEP, "mtu", n.MTU)
+	d.log.Debug("network ensured", "network", n.ID, "vni", n.VNI, "subnet", n.Subnet,
+		"encrypted", n.Encrypted, "mtu", n.MTU)
 	return nil
+}
+
+// ensurePlain gives a plain network's sandbox its vxlan device, after
+// removing the uplink of a network that was encrypted (and the host state
+// that went with it).
+func (d *Driver) ensurePlain(host, sb *nsHandle, br netlink.Link, n Network) error {
+	removed, err := d.deleteUplink(sb.h)
+	if err != nil {
+		return err
+	}
+	if removed {
+		if err := d.syncHostLocked(host); err != nil {
+			return err
+		}
+		d.log.Info("network no longer encrypted: uplink removed", "network", n.ID)
+	}
+	return d.ensureVxlan(sb, br, n)
 }
 
 // ensureBridge creates the sandbox bridge or brings it to the desired state.
@@ -129,31 +179,23 @@ func (d *Driver) vxlanMatches(vx *netlink.Vxlan, n Network) bool {
 	return vx.Attrs().Name == d.vxlanName(n.VNI) &&
 		vx.VxlanId == int(n.VNI) &&
 		vx.Port == d.cfg.Port &&
-		addrOf(vx.SrcAddr) == n.VTEP &&
+		addrOf(vx.SrcAddr) == d.cfg.VTEP &&
 		!vx.Learning && vx.Proxy && vx.Group == nil
 }
 
 // ensureVxlan keeps the sandbox's vxlan device if it matches n, replaces it
 // otherwise, and deletes any other vxlan device in the sandbox.
 func (d *Driver) ensureVxlan(sb *nsHandle, br netlink.Link, n Network) error {
-	links, err := sb.h.LinkList()
-	if err != nil {
-		return fmt.Errorf("list links in sandbox: %w", err)
-	}
 	var vx netlink.Link
-	for _, l := range links {
-		v, ok := l.(*netlink.Vxlan)
-		if !ok {
-			continue
-		}
+	err := d.deleteVxlans(sb.h, n.ID, func(v *netlink.Vxlan) bool {
 		if vx == nil && d.vxlanMatches(v, n) {
-			vx = l
-			continue
+			vx = v
+			return true
 		}
-		if err := sb.h.LinkDel(l); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete stale vxlan %s: %w", l.Attrs().Name, err)
-		}
-		d.log.Info("deleted stale vxlan", "network", n.ID, "link", l.Attrs().Name, "vni", v.VxlanId)
+		return false
+	})
+	if err != nil {
+		return err
 	}
 	if vx == nil {
 		if vx, err = d.createVxlan(sb, n); err != nil {
@@ -173,6 +215,26 @@ func (d *Driver) ensureVxlan(sb *nsHandle, br netlink.Link, n Network) error {
 	}
 	if err := sb.h.LinkSetUp(vx); err != nil {
 		return fmt.Errorf("bring vxlan %s up: %w", name, err)
+	}
+	return nil
+}
+
+// deleteVxlans deletes the vxlan devices in a sandbox that keep (nil: none)
+// does not keep.
+func (d *Driver) deleteVxlans(h *netlink.Handle, networkID string, keep func(*netlink.Vxlan) bool) error {
+	links, err := h.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links in sandbox: %w", err)
+	}
+	for _, l := range links {
+		v, ok := l.(*netlink.Vxlan)
+		if !ok || keep != nil && keep(v) {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil && !isNotFound(err) {
+			return fmt.Errorf("delete stale vxlan %s: %w", l.Attrs().Name, err)
+		}
+		d.log.Info("deleted stale vxlan", "network", networkID, "link", l.Attrs().Name, "vni", v.VxlanId)
 	}
 	return nil
 }
@@ -200,7 +262,7 @@ func (d *Driver) createVxlan(sb *nsHandle, n Network) (netlink.Link, error) {
 	vx := &netlink.Vxlan{
 		LinkAttrs: attrs,
 		VxlanId:   int(n.VNI),
-		SrcAddr:   n.VTEP.AsSlice(),
+		SrcAddr:   d.cfg.VTEP.AsSlice(),
 		Port:      d.cfg.Port,
 		// Remote MACs are programmed (SetRemotes), never learned from
 		// arriving packets, which anyone on the underlay could forge.
@@ -211,7 +273,7 @@ func (d *Driver) createVxlan(sb *nsHandle, n Network) (netlink.Link, error) {
 	}
 	if err := host.h.LinkAdd(vx); err != nil {
 		return nil, fmt.Errorf("create vxlan %s (VNI %d, local %s, port %d) in host netns: %w",
-			name, n.VNI, n.VTEP, d.cfg.Port, err)
+			name, n.VNI, d.cfg.VTEP, d.cfg.Port, err)
 	}
 	l, err := host.h.LinkByName(name)
 	if err == nil {
@@ -234,7 +296,7 @@ func (d *Driver) createVxlan(sb *nsHandle, n Network) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up vxlan %s in sandbox: %w", name, err)
 	}
-	d.log.Info("created vxlan", "network", n.ID, "vni", n.VNI, "vtep", n.VTEP, "link", name)
+	d.log.Info("created vxlan", "network", n.ID, "vni", n.VNI, "vtep", d.cfg.VTEP, "link", name)
 	return l, nil
 }
 
@@ -256,9 +318,13 @@ func (d *Driver) syncPortMTUs(h *netlink.Handle, br netlink.Link, mtu int) error
 }
 
 // RemoveNetwork deletes network id's sandbox: its vxlan device (freeing the
-// VNI at once), its veths (the containers lose their interface on this
-// network), its bridge and the sandbox file. Removing a network that does
-// not exist is not an error.
+// VNI at once) or its uplink, its veths (the containers lose their interface
+// on this network), its bridge and the sandbox file. For an encrypted
+// network it also removes, in the host netns, the uplink's host end, the
+// route for the subnet and the routes to the network's remote endpoints on
+// the WireGuard interface, and updates the isolation table (deleted with the
+// last encrypted network). Removing a network that does not exist is not an
+// error.
 func (d *Driver) RemoveNetwork(ctx context.Context, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("remove network: %w: id %q", ErrInvalidNetwork, id)
@@ -268,54 +334,76 @@ func (d *Driver) RemoveNetwork(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("remove network %s: %w", id, err)
 	}
-	if err := d.removeNetworkLocked(id); err != nil {
+	encrypted, err := d.removeNetworkLocked(id)
+	if err == nil && (encrypted || d.cfg.WireGuardIf != "") {
+		// With a WireGuard interface even a network without a sandbox may
+		// have left routes behind (a sandbox lost with its mount namespace).
+		err = d.syncHostNSLocked()
+	}
+	if err != nil {
 		return fmt.Errorf("remove network %s: %w", id, err)
 	}
 	return nil
 }
 
-func (d *Driver) removeNetworkLocked(id string) error {
+// removeNetworkLocked deletes network id's sandbox; encrypted reports that
+// it had an uplink, whose host end went with it: the caller syncs the host
+// netns (syncHostLocked).
+func (d *Driver) removeNetworkLocked(id string) (encrypted bool, err error) {
 	path := d.sandboxPath(id)
 	ok, err := isNetNSFile(path)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if ok {
 		sb, err := openNS(path)
 		if err != nil {
-			return err
+			return false, err
 		}
-		err = deleteAllLinks(sb.h)
+		encrypted, err = d.deleteAllLinks(sb.h)
 		sb.Close()
 		if err != nil {
-			return err
+			return encrypted, err
 		}
 	}
 	// The namespace itself goes with its last reference; the links that
 	// matter are gone already even if something still holds it.
 	if err := removeNetNSFile(path); err != nil {
-		return err
+		return encrypted, err
 	}
 	if ok {
-		d.log.Info("removed network", "network", id)
+		d.log.Info("removed network", "network", id, "encrypted", encrypted)
 	}
-	return nil
+	return encrypted, nil
 }
 
-// deleteAllLinks deletes every link but lo in a sandbox, vxlan devices first
-// so that no frame enters or leaves the overlay while the rest goes.
-func deleteAllLinks(h *netlink.Handle) error {
+// syncHostNSLocked opens the host netns for syncHostLocked.
+func (d *Driver) syncHostNSLocked() error {
+	host, err := openNS(d.hostNS)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	return d.syncHostLocked(host)
+}
+
+// deleteAllLinks deletes every link but lo in a sandbox, the vxlan device or
+// uplink first so that no packet enters or leaves the overlay while the rest
+// goes. uplink reports that there was an uplink.
+func (d *Driver) deleteAllLinks(h *netlink.Handle) (uplink bool, err error) {
 	links, err := h.LinkList()
 	if err != nil {
-		return fmt.Errorf("list links in sandbox: %w", err)
+		return false, fmt.Errorf("list links in sandbox: %w", err)
+	}
+	first := func(l netlink.Link) bool {
+		_, vx := l.(*netlink.Vxlan)
+		return vx || l.Attrs().Name == d.uplinkSandboxName()
 	}
 	slices.SortStableFunc(links, func(a, b netlink.Link) int {
-		_, av := a.(*netlink.Vxlan)
-		_, bv := b.(*netlink.Vxlan)
 		switch {
-		case av && !bv:
+		case first(a) && !first(b):
 			return -1
-		case bv && !av:
+		case first(b) && !first(a):
 			return 1
 		}
 		return 0
@@ -324,11 +412,14 @@ func deleteAllLinks(h *netlink.Handle) error {
 		if l.Attrs().Name == "lo" {
 			continue
 		}
+		if l.Attrs().Name == d.uplinkSandboxName() {
+			uplink = true
+		}
 		if err := h.LinkDel(l); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete %s in sandbox: %w", l.Attrs().Name, err)
+			return uplink, fmt.Errorf("delete %s in sandbox: %w", l.Attrs().Name, err)
 		}
 	}
-	return nil
+	return uplink, nil
 }
 
 // Networks lists, sorted, the ids of the networks whose sandbox exists, as
@@ -380,14 +471,20 @@ func (d *Driver) sandboxFilesLocked() (map[string]bool, error) {
 
 // Reconcile makes the host's networks exactly desired: it removes every
 // sandbox of this driver's prefix that is not desired (stale after a daemon
-// restart, or a network removed while the daemon was down) and every vxlan
-// device a crash left behind in the host netns, then ensures each desired
-// network as EnsureNetwork does. It validates all of desired before changing
-// anything, goes on past a failing network and returns every error joined.
-// Remotes and endpoints are the caller's: follow with SetRemotes and Attach.
+// restart, or a network removed while the daemon was down), every vxlan
+// device a crash left behind in the host netns and every uplink in the host
+// netns of a network that is not desired as encrypted, then ensures each
+// desired network as EnsureNetwork does (a network whose Encrypted flag
+// changed is rebuilt), and finally brings the host netns in line: the
+// isolation table, and no route of the driver's on the WireGuard interface
+// outside an encrypted network. It validates all of desired before changing
+// anything (encrypted networks' subnets must not overlap each other), goes on
+// past a failing network and returns every error joined. Remotes and
+// endpoints are the caller's: follow with SetRemotes and Attach.
 func (d *Driver) Reconcile(ctx context.Context, desired []Network) error {
 	want := make(map[string]Network, len(desired))
 	vnis := make(map[uint32]string, len(desired))
+	var encrypted []Network
 	for _, n := range desired {
 		n, err := d.normalize(n)
 		if err != nil {
@@ -398,6 +495,15 @@ func (d *Driver) Reconcile(ctx context.Context, desired []Network) error {
 		}
 		if other, dup := vnis[n.VNI]; dup {
 			return fmt.Errorf("reconcile: %w %q: VNI %d already used by %q", ErrInvalidNetwork, n.ID, n.VNI, other)
+		}
+		if n.Encrypted {
+			for _, o := range encrypted {
+				if o.Subnet.Overlaps(n.Subnet) {
+					return fmt.Errorf("reconcile: %w %q: subnet %s overlaps encrypted network %q (%s)",
+						ErrInvalidNetwork, n.ID, n.Subnet, o.ID, o.Subnet)
+				}
+			}
+			encrypted = append(encrypted, n)
 		}
 		want[n.ID], vnis[n.VNI] = n, n.ID
 	}
@@ -415,13 +521,18 @@ func (d *Driver) Reconcile(ctx context.Context, desired []Network) error {
 		if _, ok := want[id]; ok {
 			continue
 		}
-		if err := d.removeNetworkLocked(id); err != nil {
+		if _, err := d.removeNetworkLocked(id); err != nil {
 			errs = append(errs, fmt.Errorf("remove stale network %s: %w", id, err))
 			continue
 		}
 		d.log.Info("removed stale network", "network", id)
 	}
-	if err := d.removeHostLeftoversLocked(); err != nil {
+	host, err := openNS(d.hostNS)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", errors.Join(append(errs, err)...))
+	}
+	defer host.Close()
+	if err := d.removeHostLeftoversLocked(host, want); err != nil {
 		errs = append(errs, err)
 	}
 	ids := make([]string, 0, len(want))
@@ -438,21 +549,20 @@ func (d *Driver) Reconcile(ctx context.Context, desired []Network) error {
 			errs = append(errs, fmt.Errorf("ensure network %s: %w", id, err))
 		}
 	}
+	if err := d.syncHostLocked(host); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	return nil
 }
 
-// removeHostLeftoversLocked deletes vxlan devices of this driver in the host
-// netns: they only live there between creation and the move into their
-// sandbox, so one found outside a locked operation is a crash's leftover.
-func (d *Driver) removeHostLeftoversLocked() error {
-	host, err := openNS(d.hostNS)
-	if err != nil {
-		return err
-	}
-	defer host.Close()
+// removeHostLeftoversLocked deletes, in the host netns, vxlan devices of
+// this driver (they only live there between creation and the move into
+// their sandbox, so one found outside a locked operation is a crash's
+// leftover) and uplinks that are not those of a network in want.
+func (d *Driver) removeHostLeftoversLocked(host *nsHandle, want map[string]Network) error {
 	links, err := host.h.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links in host netns: %w", err)
@@ -469,5 +579,5 @@ func (d *Driver) removeHostLeftoversLocked() error {
 		}
 		d.log.Info("deleted leftover vxlan in host netns", "link", l.Attrs().Name)
 	}
-	return nil
+	return d.removeOrphanUplinks(host, want)
 }

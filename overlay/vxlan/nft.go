@@ -36,13 +36,16 @@ var vniType = func() nftables.SetDatatype {
 	return t
 }()
 
-// SetEncryptedVNIs makes vnis the host's set of encrypted VNIs: VXLAN for
-// them must arrive through the WireGuard interface wgIfName, and the
-// driver's table drops every other packet to the VXLAN port carrying one of
-// them, so nobody on the underlay can inject cleartext frames into an
-// encrypted network. An empty wgIfName exempts no interface (everything for
-// those VNIs is dropped: fail closed while WireGuard is not up yet). An empty
-// vnis deletes the table. The table is replaced in one transaction:
+// SetEncryptedVNIs makes vnis the host's set of encrypted VNIs: the driver's
+// table drops every packet to the VXLAN port carrying one of them, so nobody
+// on the underlay can inject cleartext frames into an encrypted network.
+//
+// Encrypted networks carry no VXLAN (they are routed over WireGuard), so
+// callers pass an empty wgIfName: no interface is exempt and every VXLAN
+// packet for those VNIs is dropped, whatever it arrives on. A non-empty
+// wgIfName exempts VXLAN arriving on that interface, for VXLAN carried
+// inside a tunnel, which Shoal no longer builds. An empty vnis deletes the
+// table. The table is replaced in one transaction:
 //
 //	table inet <prefix>-vxlan {
 //	  set encrypted_vnis { type integer (24 bits); elements = { ... } }

@@ -184,22 +184,28 @@ func TestCrossHost(t *testing.T) {
 	})
 
 	t.Run("VTEP change replaces the vxlan device", func(t *testing.T) {
-		// A second host address stands in for a WireGuard address.
+		// The host got a new underlay address: a driver with the new
+		// Config.VTEP replaces the device.
 		alt := netip.MustParsePrefix("192.0.2.101/24")
 		hh := handleIn(t, s.h1.ns)
 		if err := hh.AddrAdd(mustLink(t, hh, s.h1.uplink), &netlink.Addr{IPNet: ipNet(alt)}); err != nil {
 			t.Fatal(err)
 		}
-		n := s.n
-		n.VTEP = alt.Addr()
-		s.h1.ensure(t, n)
-		vx := mustLink(t, sb, s.h1.d.vxlanName(n.VNI)).(*netlink.Vxlan)
+		cfg := s.h1.cfg
+		cfg.VTEP = alt.Addr()
+		d := mustNew(t, cfg)
+		if err := d.EnsureNetwork(ctx, s.n); err != nil {
+			t.Fatal(err)
+		}
+		vx := mustLink(t, sb, s.h1.d.vxlanName(s.n.VNI)).(*netlink.Vxlan)
 		if addrOf(vx.SrcAddr) != alt.Addr() {
 			t.Fatalf("vxlan local %s, want %s", vx.SrcAddr, alt.Addr())
 		}
-		checkProgrammed(t, s.h1, n.ID, nil) // the remotes went with the device
-		s.h1.setRemotes(t, n.ID, s.remoteB)
-		s.h2.setRemotes(t, n.ID, Remote{Addr: s.remoteA.Addr, MAC: s.remoteA.MAC, VTEP: alt.Addr()})
+		checkProgrammed(t, s.h1, s.n.ID, nil) // the remotes went with the device
+		if err := d.SetRemotes(ctx, s.n.ID, []Remote{s.remoteB}); err != nil {
+			t.Fatal(err)
+		}
+		s.h2.setRemotes(t, s.n.ID, Remote{Addr: s.remoteA.Addr, MAC: s.remoteA.MAC, VTEP: alt.Addr()})
 		if err := tcpRoundTrip(s.a, s.echoB, 64<<10); err != nil {
 			t.Errorf("over the new VTEP: %v", err)
 		}

@@ -146,14 +146,24 @@ func family(a netip.Addr) string {
 }
 
 // SetRemotes makes want the full set of network networkID's endpoints on
-// other hosts: for each, a permanent neighbour entry (address → MAC), which
-// the vxlan device's proxy ARP answers containers from, and a forwarding
-// entry (MAC → VTEP). It reads what is programmed back from the kernel and
-// changes only the difference, so connections to remotes that stay are
-// untouched; traffic to a removed remote stops at once (its frames find no
-// forwarding entry and are dropped), even while a container's ARP cache still
-// holds its MAC. Remotes' VTEPs must have the local VTEP's address family.
+// other hosts. It reads what is programmed back from the kernel and changes
+// only the difference, so connections to remotes that stay are untouched.
 // The network must exist (ErrNoNetwork).
+//
+// On a plain network it programs, for each remote, a permanent neighbour
+// entry (address → MAC), which the vxlan device's proxy ARP answers
+// containers from, and a forwarding entry (MAC → VTEP); traffic to a removed
+// remote stops at once (its frames find no forwarding entry and are
+// dropped), even while a container's ARP cache still holds its MAC. Remotes'
+// VTEPs must have the local VTEP's address family.
+//
+// On an encrypted network only the addresses count, and they must be host
+// addresses of the subnet other than the gateway: for each, a /32 route out
+// of the uplink in the sandbox (which the bridge's proxy ARP answers
+// containers from) and a /32 route on Config.WireGuardIf in the host netns,
+// which must exist unless want is empty (the caller gives the WireGuard
+// peers these /32s as AllowedIPs). Only the driver's routes inside the
+// network's subnet are changed or removed.
 func (d *Driver) SetRemotes(ctx context.Context, networkID string, want []Remote) error {
 	if !validID(networkID) {
 		return fmt.Errorf("set remotes of network %q: %w", networkID, ErrInvalidNetwork)
@@ -170,11 +180,18 @@ func (d *Driver) SetRemotes(ctx context.Context, networkID string, want []Remote
 }
 
 func (d *Driver) setRemotesLocked(networkID string, want []Remote) error {
-	sb, _, _, err := d.openNetworkLocked(networkID)
+	sb, _, gw, err := d.openNetworkLocked(networkID)
 	if err != nil {
 		return err
 	}
 	defer sb.Close()
+	up, err := sb.h.LinkByName(d.uplinkSandboxName())
+	switch {
+	case err == nil:
+		return d.setRoutedRemotes(sb, up, gw, networkID, want)
+	case !isNotFound(err):
+		return fmt.Errorf("look up uplink in sandbox: %w", err)
+	}
 	vx, err := d.findVxlan(sb.h)
 	if err != nil {
 		return err

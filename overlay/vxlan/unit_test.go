@@ -5,10 +5,14 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 )
 
-// Tests here need no root: names, validation and the remote diff.
+// Tests here need no root: names, validation, the remote and route diffs
+// and the isolation table's rules.
 
 func testDriver(t *testing.T, prefix string) *Driver {
 	t.Helper()
@@ -36,6 +40,9 @@ func TestNewValidates(t *testing.T) {
 		{"no VTEP", Config{Prefix: "ab"}, false},
 		{"unspecified VTEP", Config{Prefix: "ab", VTEP: netip.IPv4Unspecified()}, false},
 		{"bad port", Config{Prefix: "ab", VTEP: vtep, Port: 70000}, false},
+		{"WireGuard interface", Config{Prefix: "ab", VTEP: vtep, WireGuardIf: "abwg"}, true},
+		{"WireGuard interface named like an uplink", Config{Prefix: "ab", VTEP: vtep, WireGuardIf: "abu0"}, false},
+		{"WireGuard interface name too long", Config{Prefix: "ab", VTEP: vtep, WireGuardIf: "wireguard-shoal0"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, err := New(tc.cfg)
@@ -84,6 +91,33 @@ func TestNames(t *testing.T) {
 	if d.vethName("e1") == d.vethName("e2") {
 		t.Error("two ids, one veth name")
 	}
+
+	for _, name := range []string{d.uplinkName(maxVNI), testDriver(t, "abcdef").uplinkName(maxVNI), d.uplinkSandboxName()} {
+		if len(name) > maxIfNameLen {
+			t.Errorf("link name %q longer than %d bytes", name, maxIfNameLen)
+		}
+	}
+	if vni, ok := d.uplinkVNI(d.uplinkName(4100)); !ok || vni != 4100 {
+		t.Errorf("uplinkVNI(uplinkName(4100)) = %d, %v", vni, ok)
+	}
+	for _, name := range []string{d.uplinkSandboxName(), longer.uplinkName(4100), d.vxlanName(4100), "shu00100", "shu000000"} {
+		if vni, ok := d.uplinkVNI(name); ok {
+			t.Errorf("uplinkVNI(%q) = %d, want not an uplink", name, vni)
+		}
+	}
+	// Uplinks are neither veths of endpoints nor vxlan devices.
+	for _, name := range []string{d.uplinkSandboxName(), d.uplinkName(4100)} {
+		if _, ok := d.vniOf(name); ok || d.isVethName(name) {
+			t.Errorf("%q taken for a vxlan device or an endpoint's veth", name)
+		}
+	}
+	// Only uplinks match the wildcard the isolation table uses in the host
+	// netns; the sandbox end never is there.
+	for _, name := range []string{d.vxlanName(4100), d.vethName("e1"), d.bridgeName()} {
+		if strings.HasPrefix(name, d.uplinkWildcard()) {
+			t.Errorf("%q matches the uplink wildcard %q*", name, d.uplinkWildcard())
+		}
+	}
 }
 
 func TestNormalize(t *testing.T) {
@@ -93,7 +127,7 @@ func TestNormalize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.MTU != DefaultMTU || n.VTEP != d.cfg.VTEP {
+	if n.MTU != DefaultMTU {
 		t.Errorf("defaults not applied: %+v", n)
 	}
 	for _, tc := range []struct {
@@ -109,6 +143,7 @@ func TestNormalize(t *testing.T) {
 		{"gateway outside", func(n *Network) { n.Gateway = netip.MustParseAddr("10.10.2.1") }},
 		{"gateway is the network address", func(n *Network) { n.Gateway = netip.MustParseAddr("10.10.1.0") }},
 		{"MTU too small", func(n *Network) { n.MTU = 67 }},
+		{"encrypted without a WireGuard interface", func(n *Network) { n.Encrypted = true }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := good
@@ -117,6 +152,130 @@ func TestNormalize(t *testing.T) {
 				t.Errorf("normalize = %v, want ErrInvalidNetwork", err)
 			}
 		})
+	}
+}
+
+func TestNormalizeEncrypted(t *testing.T) {
+	d, err := New(Config{Prefix: "sh", VTEP: netip.MustParseAddr("192.0.2.1"), WireGuardIf: "wg0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := network("e1", 4100, "10.10.1.0/24")
+	n.Encrypted = true
+	got, err := d.normalize(n)
+	if err != nil || got.MTU != EncryptedDefaultMTU {
+		t.Errorf("normalize = %+v, %v; want MTU %d", got, err, EncryptedDefaultMTU)
+	}
+	n.MTU = 1380
+	if got, err := d.normalize(n); err != nil || got.MTU != 1380 {
+		t.Errorf("normalize with MTU 1380 = %+v, %v", got, err)
+	}
+	n = network("e1", 4100, "169.254.0.0/16")
+	n.Encrypted = true
+	if _, err := d.normalize(n); !errors.Is(err, ErrInvalidNetwork) {
+		t.Errorf("normalize of a subnet holding the uplink next hop = %v, want ErrInvalidNetwork", err)
+	}
+}
+
+func TestDiffRoutes(t *testing.T) {
+	ip := netip.MustParseAddr
+	right := func(r netlink.Route) bool { return r.Protocol == routeProtocol }
+	route := func(a string, ok bool) netlink.Route {
+		r := netlink.Route{Dst: ipNet(netip.PrefixFrom(ip(a), 32))}
+		if ok {
+			r.Protocol = routeProtocol
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name    string
+		have    []netlink.Route
+		want    []netip.Addr
+		set     []netip.Addr
+		deleted []string
+	}{
+		{name: "nothing to nothing"},
+		{name: "add to empty", want: []netip.Addr{ip("10.0.0.1"), ip("10.0.0.2")}, set: []netip.Addr{ip("10.0.0.1"), ip("10.0.0.2")}},
+		{name: "unchanged", have: []netlink.Route{route("10.0.0.1", true), route("10.0.0.2", true)},
+			want: []netip.Addr{ip("10.0.0.2"), ip("10.0.0.1")}},
+		{name: "remove one, the other untouched", have: []netlink.Route{route("10.0.0.1", true), route("10.0.0.2", true)},
+			want: []netip.Addr{ip("10.0.0.1")}, deleted: []string{"10.0.0.2/32"}},
+		{name: "wrong shape replaced", have: []netlink.Route{route("10.0.0.1", false)},
+			want: []netip.Addr{ip("10.0.0.1")}, set: []netip.Addr{ip("10.0.0.1")}, deleted: []string{"10.0.0.1/32"}},
+		{name: "duplicate dropped", have: []netlink.Route{route("10.0.0.1", true), route("10.0.0.1", true)},
+			want: []netip.Addr{ip("10.0.0.1")}, deleted: []string{"10.0.0.1/32"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set, del := diffRoutes(tc.have, right, tc.want)
+			var deleted []string
+			for _, r := range del {
+				deleted = append(deleted, r.Dst.String())
+			}
+			if !slices.Equal(set, tc.set) || !slices.Equal(deleted, tc.deleted) {
+				t.Errorf("diffRoutes = set %v, delete %v; want %v, %v", set, deleted, tc.set, tc.deleted)
+			}
+		})
+	}
+}
+
+func TestValidateRoutedRemotes(t *testing.T) {
+	gw := netip.MustParsePrefix("10.0.0.1/24")
+	r := func(a string) Remote { return Remote{Addr: netip.MustParseAddr(a)} }
+	for _, tc := range []struct {
+		name string
+		rs   []Remote
+		ok   bool
+	}{
+		{"empty", nil, true},
+		{"two, MAC and VTEP unset", []Remote{r("10.0.0.2"), r("10.0.0.254")}, true},
+		{"4-in-6", []Remote{r("::ffff:10.0.0.2")}, true},
+		{"outside the subnet", []Remote{r("10.0.1.2")}, false},
+		{"the gateway", []Remote{r("10.0.0.1")}, false},
+		{"the network address", []Remote{r("10.0.0.0")}, false},
+		{"the broadcast address", []Remote{r("10.0.0.255")}, false},
+		{"IPv6", []Remote{r("fd00::2")}, false},
+		{"twice", []Remote{r("10.0.0.2"), r("10.0.0.2")}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := validateRoutedRemotes(tc.rs, gw)
+			if tc.ok != (err == nil) {
+				t.Fatalf("validateRoutedRemotes = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidRemote) {
+				t.Errorf("error %v is not ErrInvalidRemote", err)
+			}
+		})
+	}
+}
+
+func TestRoutedRules(t *testing.T) {
+	d, err := New(Config{Prefix: "sh", VTEP: netip.MustParseAddr("192.0.2.1"), WireGuardIf: "shwg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets := []routedNet{
+		{id: "a", uplink: "shu001004", subnet: netip.MustParsePrefix("10.0.4.0/24")},
+		{id: "b", uplink: "shu001005", subnet: netip.MustParsePrefix("10.0.5.0/24")},
+	}
+	want := []string{
+		"forward: accept shwg to shu001004 10.0.4.0/24",
+		"forward: accept shu001004 to shwg 10.0.4.0/24",
+		"forward: accept shwg to shu001005 10.0.5.0/24",
+		"forward: accept shu001005 to shwg 10.0.5.0/24",
+		"forward: drop other from shwg",
+		"forward: drop other to shwg",
+		"forward: drop other from shu*",
+		"forward: drop other to shu*",
+		"input: drop from shu* to the host",
+	}
+	if got := comments(d.routedRules(nets)); !slices.Equal(got, want) {
+		t.Errorf("rules:\n  %q\nwant\n  %q", got, want)
+	}
+	// Without a WireGuard interface (a Config changed under existing
+	// networks) nothing passes.
+	d.cfg.WireGuardIf = ""
+	if got := comments(d.routedRules(nets)); !slices.Equal(got, want[6:]) {
+		t.Errorf("rules without WireGuard:\n  %q\nwant\n  %q", got, want[6:])
 	}
 }
 
