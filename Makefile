@@ -11,7 +11,7 @@ GOBIN_DIR := $(CURDIR)/$(BIN)/tools
 # Debian packages the daemon, the tests and the benchmarks use. `deps`
 # installs only the missing ones, so it is cheap to call from every target.
 DEB_PKGS := runc nftables iproute2 busybox-static protobuf-compiler libprotobuf-dev \
-            docker-registry iperf3 wrk curl ca-certificates etcd-server etcd-client
+            docker-registry iperf3 wrk curl ca-certificates etcd-server etcd-client tcpdump
 
 .PHONY: all deps build proto proto-check images test unit e2e demo demo-stop lint bench clean
 

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/shoal-project/shoal/overlay/dns"
 	"github.com/shoal-project/shoal/overlay/vip"
 	"github.com/shoal-project/shoal/overlay/vxlan"
+	"github.com/shoal-project/shoal/overlay/wg"
 	shoalpb "github.com/shoal-project/shoal/proto"
 )
 
@@ -33,6 +36,21 @@ type OverlayEndpoint struct {
 	VTEP netip.Addr
 	// Ready is set while the task may take traffic (it runs).
 	Ready bool
+	// WireGuardKey and WireGuardEndpoint are those of the endpoint's host:
+	// encrypted networks reach the endpoint through them.
+	WireGuardKey      [32]byte
+	WireGuardEndpoint netip.AddrPort
+}
+
+// WireGuard is the host's WireGuard interface (overlay/wg.Device):
+// encrypted networks are routed over it, and each sync gives it the
+// peers they need.
+type WireGuard interface {
+	// Name is the interface's name in the host's network namespace.
+	Name() string
+	// SetPeers makes the interface's peers exactly peers, touching only
+	// what changed.
+	SetPeers(ctx context.Context, peers []wg.Peer) error
 }
 
 // EndpointTable is the seam to the gossip layer: this host announces its
@@ -61,17 +79,25 @@ type Overlay struct {
 	nodeID string
 	vtep   netip.Addr
 	log    *slog.Logger
+	// wg carries the encrypted networks; nil when this host has no
+	// WireGuard interface, and wgErr says why.
+	wg    WireGuard
+	wgErr error
 
 	kick chan struct{}
 
-	mu       sync.Mutex // guards following
-	networks map[string]*shoalpb.Network
+	mu       sync.Mutex                  // guards following
+	networks map[string]*shoalpb.Network // every network seen, by id
+	assigned map[string]bool             // those of the latest assignments
 	services []*shoalpb.Service
 	local    map[string]*localAttachment // by task id
 	applied  map[string]string           // task id -> the VIP table last written, to skip rewrites
 	// reconciled is set once the first assignments removed the leftovers
 	// of networks no longer in use.
 	reconciled bool
+	// lastPeers and lastVNIs are what the last sync gave the WireGuard
+	// interface and the cleartext-VXLAN drop table, to skip rewrites.
+	lastPeers, lastVNIs string
 }
 
 type localAttachment struct {
@@ -88,8 +114,13 @@ type OverlayConfig struct {
 	Table  EndpointTable
 	NodeID string
 	// VTEP is this host's underlay address, announced with its endpoints.
-	VTEP   netip.Addr
-	Logger *slog.Logger
+	VTEP netip.Addr
+	// WireGuard is the host's WireGuard interface, nil when it has none:
+	// then WireGuardErr says why, and tasks on encrypted networks fail
+	// with it rather than send cleartext.
+	WireGuard    WireGuard
+	WireGuardErr error
+	Logger       *slog.Logger
 }
 
 // NewOverlay returns an Overlay over cfg's parts.
@@ -101,6 +132,7 @@ func NewOverlay(cfg OverlayConfig) *Overlay {
 	return &Overlay{
 		vx: cfg.VXLAN, dns: cfg.DNS, names: cfg.Names, table: cfg.Table,
 		nodeID: cfg.NodeID, vtep: cfg.VTEP, log: log,
+		wg: cfg.WireGuard, wgErr: cfg.WireGuardErr,
 		kick:     make(chan struct{}, 1),
 		networks: make(map[string]*shoalpb.Network),
 		local:    make(map[string]*localAttachment),
@@ -115,8 +147,10 @@ func NewOverlay(cfg OverlayConfig) *Overlay {
 // are.
 func (o *Overlay) SetAssignments(ctx context.Context, networks []*shoalpb.Network, services []*shoalpb.Service) {
 	o.mu.Lock()
+	o.assigned = make(map[string]bool, len(networks))
 	for _, n := range networks {
 		o.networks[n.GetId()] = n
+		o.assigned[n.GetId()] = true
 	}
 	o.services = services
 	first := !o.reconciled
@@ -156,10 +190,9 @@ func (o *Overlay) Attach(ctx context.Context, t *shoalpb.Task, netns string) err
 		if n == nil {
 			return fmt.Errorf("network %s: not known to this host yet", a.GetNetworkId())
 		}
-		if n.GetSpec().GetEncrypted() {
-			// Never VXLAN in cleartext for a network asked to be
-			// encrypted.
-			return fmt.Errorf("network %s is encrypted: encrypted overlays are not supported by this agent yet", n.GetSpec().GetName())
+		if n.GetSpec().GetEncrypted() && o.wg == nil {
+			// Never cleartext for a network asked to be encrypted.
+			return fmt.Errorf("network %s is encrypted and this host has no WireGuard interface: %v", n.GetSpec().GetName(), o.wgErr)
 		}
 		vn, err := vxlanNetwork(n)
 		if err != nil {
@@ -291,6 +324,17 @@ func (o *Overlay) sync(ctx context.Context) {
 		}
 	}
 	services := o.services
+	encrypted := make(map[string]bool)
+	var encryptedVNIs []uint32
+	for id, n := range o.networks {
+		if n.GetSpec().GetEncrypted() {
+			encrypted[id] = true
+			if o.assigned[id] || localNets[id] {
+				// A removed network's VNI may go to a plain one.
+				encryptedVNIs = append(encryptedVNIs, n.GetVni())
+			}
+		}
+	}
 	locals := make(map[string]localAttachment, len(o.local))
 	for id, la := range o.local {
 		locals[id] = *la
@@ -300,18 +344,20 @@ func (o *Overlay) sync(ctx context.Context) {
 	o.table.Announce(mine)
 
 	all := o.table.Endpoints()
-	// Remote endpoints of each local network.
+	o.setEncryptedVNIs(ctx, encryptedVNIs)
+	// Remote endpoints of each local network: over VXLAN to their host's
+	// VTEP, or for an encrypted network routed to their host's WireGuard
+	// peer, whose allowed addresses they are.
+	remotes, peers := remotesOf(all, o.nodeID, localNets, encrypted)
 	for netID := range localNets {
-		var remotes []vxlan.Remote
-		for _, e := range all {
-			if e.NetworkID == netID && e.NodeID != o.nodeID && e.VTEP.IsValid() {
-				remotes = append(remotes, vxlan.Remote{Addr: e.Addr, MAC: e.MAC, VTEP: e.VTEP})
-			}
+		if encrypted[netID] && o.wg == nil {
+			continue
 		}
-		if err := o.vx.SetRemotes(ctx, netID, remotes); err != nil && ctx.Err() == nil {
+		if err := o.vx.SetRemotes(ctx, netID, remotes[netID]); err != nil && ctx.Err() == nil {
 			o.log.Warn("program remote endpoints", "network", netID, "err", err)
 		}
 	}
+	o.setPeers(ctx, peers)
 	// Ready tasks per service and network, for DNS and the VIPs.
 	type key struct{ service, network string }
 	ready := make(map[key][]netip.Addr)
@@ -385,6 +431,95 @@ func (o *Overlay) sync(ctx context.Context) {
 	}
 }
 
+// remotesOf returns, for each of the local networks, the endpoints other
+// hosts have on it, and the WireGuard peers the encrypted ones need: one
+// per host with endpoints on them, allowed exactly those endpoints'
+// addresses (cryptokey routing: a host can speak only for its own
+// containers), sorted by key. A plain network reaches a remote through
+// its host's VTEP; an encrypted one only through its host's WireGuard,
+// and a host without one is left out (never cleartext).
+func remotesOf(all []OverlayEndpoint, self string, local, encrypted map[string]bool) (map[string][]vxlan.Remote, []wg.Peer) {
+	remotes := make(map[string][]vxlan.Remote)
+	byKey := make(map[[32]byte]*wg.Peer)
+	for _, e := range all {
+		if !local[e.NetworkID] || e.NodeID == self {
+			continue
+		}
+		r := vxlan.Remote{Addr: e.Addr, MAC: e.MAC, VTEP: e.VTEP}
+		if !encrypted[e.NetworkID] {
+			if e.VTEP.IsValid() {
+				remotes[e.NetworkID] = append(remotes[e.NetworkID], r)
+			}
+			continue
+		}
+		if e.WireGuardKey == ([32]byte{}) || !e.WireGuardEndpoint.IsValid() {
+			continue
+		}
+		remotes[e.NetworkID] = append(remotes[e.NetworkID], r)
+		p := byKey[e.WireGuardKey]
+		if p == nil {
+			p = &wg.Peer{PublicKey: e.WireGuardKey, Endpoint: e.WireGuardEndpoint}
+			byKey[e.WireGuardKey] = p
+		}
+		p.AllowedIPs = append(p.AllowedIPs, netip.PrefixFrom(e.Addr, e.Addr.BitLen()))
+	}
+	peers := make([]wg.Peer, 0, len(byKey))
+	for _, p := range byKey {
+		slices.SortFunc(p.AllowedIPs, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		p.AllowedIPs = slices.Compact(p.AllowedIPs)
+		peers = append(peers, *p)
+	}
+	slices.SortFunc(peers, func(a, b wg.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return remotes, peers
+}
+
+// setPeers gives the WireGuard interface its peers (remotesOf); an
+// unchanged set is not rewritten.
+func (o *Overlay) setPeers(ctx context.Context, peers []wg.Peer) {
+	if o.wg == nil {
+		return
+	}
+	sig := fmt.Sprint(peers)
+	o.mu.Lock()
+	same := o.lastPeers == sig
+	o.mu.Unlock()
+	if same {
+		return
+	}
+	if err := o.wg.SetPeers(ctx, peers); err != nil {
+		if ctx.Err() == nil {
+			o.log.Warn("set WireGuard peers", "peers", len(peers), "err", err)
+		}
+		return
+	}
+	o.mu.Lock()
+	o.lastPeers = sig
+	o.mu.Unlock()
+}
+
+// setEncryptedVNIs has the host drop every VXLAN packet for an encrypted
+// network's VNI: their traffic is routed over WireGuard, never VXLAN, so
+// such a packet can only be forged.
+func (o *Overlay) setEncryptedVNIs(ctx context.Context, vnis []uint32) {
+	slices.Sort(vnis)
+	sig := fmt.Sprint(vnis)
+	o.mu.Lock()
+	same := o.lastVNIs == sig
+	o.mu.Unlock()
+	if same {
+		return
+	}
+	if err := o.vx.SetEncryptedVNIs(ctx, vnis, ""); err != nil {
+		if ctx.Err() == nil {
+			o.log.Warn("drop cleartext VXLAN for encrypted networks", "err", err)
+		}
+		return
+	}
+	o.mu.Lock()
+	o.lastVNIs = sig
+	o.mu.Unlock()
+}
+
 // internalOnly reports whether every network of t is internal.
 func (o *Overlay) internalOnly(t *shoalpb.Task) bool {
 	o.mu.Lock()
@@ -439,7 +574,10 @@ func vxlanNetwork(n *shoalpb.Network) (vxlan.Network, error) {
 	if err != nil {
 		return vxlan.Network{}, fmt.Errorf("network %s: gateway %q: %w", n.GetSpec().GetName(), n.GetGateway(), err)
 	}
-	return vxlan.Network{ID: n.GetId(), VNI: n.GetVni(), Subnet: subnet, Gateway: gw, Internal: n.GetSpec().GetInternal()}, nil
+	return vxlan.Network{
+		ID: n.GetId(), VNI: n.GetVni(), Subnet: subnet, Gateway: gw,
+		Internal: n.GetSpec().GetInternal(), Encrypted: n.GetSpec().GetEncrypted(),
+	}, nil
 }
 
 // endpointOf converts a task's attachment.

@@ -15,6 +15,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -357,4 +358,10 @@ func (c *Cluster) Eventually(timeout time.Duration, what string, cond func() err
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// Dial connects (or, for UDP, binds and aims) a socket from inside the
+// host's network namespace, as a process on that host would.
+func (h *Host) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return netnsDialer("/run/netns/"+h.NetNS)(ctx, network, addr)
 }

@@ -2,18 +2,23 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/shoal-project/shoal/agent"
 	"github.com/shoal-project/shoal/overlay/dns"
 	"github.com/shoal-project/shoal/overlay/gossip"
 	"github.com/shoal-project/shoal/overlay/vxlan"
+	"github.com/shoal-project/shoal/overlay/wg"
 )
 
 // overlayPrefixLen is how much of the node id (after an "o") names this
@@ -53,11 +58,20 @@ func (d *Daemon) newOverlay() (*agent.Overlay, error) {
 	if err := os.MkdirAll(nsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", nsDir, err)
 	}
+	// The WireGuard interface is named after the host too: wireguard-go's
+	// control socket lives in /var/run/wireguard, which simulated hosts on
+	// one machine share.
+	wgName := prefix + "wg"
+	dev, wgErr := d.openWireGuard(wgName)
+	if wgErr != nil {
+		d.log.Error("no WireGuard interface: tasks on encrypted networks will fail on this host", "err", wgErr)
+	}
 	vx, err := vxlan.New(vxlan.Config{
-		Prefix:   prefix,
-		NetNSDir: nsDir,
-		VTEP:     vtep,
-		Logger:   d.log.With("component", "vxlan"),
+		Prefix:      prefix,
+		NetNSDir:    nsDir,
+		VTEP:        vtep,
+		WireGuardIf: wgName,
+		Logger:      d.log.With("component", "vxlan"),
 	})
 	if err != nil {
 		return nil, err
@@ -67,14 +81,54 @@ func (d *Daemon) newOverlay() (*agent.Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.endpoints = &gossipTable{changes: make(chan struct{}, 1), vtep: vtep, log: d.log.With("component", "gossip-table")}
+	table := &gossipTable{changes: make(chan struct{}, 1), vtep: vtep, log: d.log.With("component", "gossip-table")}
+	cfg := agent.OverlayConfig{
+		VXLAN: vx, DNS: srv, Names: names, Table: table,
+		NodeID: d.nodeID, VTEP: vtep, WireGuardErr: wgErr,
+		Logger: d.log.With("component", "overlay"),
+	}
+	if dev != nil {
+		cfg.WireGuard = dev
+		table.wgKey = dev.PublicKey()
+		table.wgEndpoint = netip.AddrPortFrom(vtep, uint16(dev.ListenPort()))
+	}
+	d.endpoints = table
 	if g := d.currentGossip(); g != nil {
 		d.endpoints.attach(d.runCtx, g)
 	}
-	return agent.NewOverlay(agent.OverlayConfig{
-		VXLAN: vx, DNS: srv, Names: names, Table: d.endpoints,
-		NodeID: d.nodeID, VTEP: vtep, Logger: d.log.With("component", "overlay"),
-	}), nil
+	return agent.NewOverlay(cfg), nil
+}
+
+// wireGuardKeyFile holds this host's WireGuard private key (base64), kept
+// across restarts so peers keep accepting the host without waiting for
+// gossip to spread a new public key.
+const wireGuardKeyFile = "wireguard.key"
+
+// openWireGuard opens the host's WireGuard interface (the kernel module
+// when there is one, else wireguard-go) with the saved key, or a new one
+// it saves first.
+func (d *Daemon) openWireGuard(name string) (*wg.Device, error) {
+	path := filepath.Join(d.cfg.DataDir, wireGuardKeyFile)
+	var key wgtypes.Key
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if key, err = wgtypes.ParseKey(strings.TrimSpace(string(b))); err != nil {
+			return nil, fmt.Errorf("read WireGuard key %s: %w (delete the file to make a new one)", path, err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		if key, err = wg.GenerateKey(); err != nil {
+			return nil, err
+		}
+		if err := writeFileSync(path, []byte(key.String()+"\n")); err != nil {
+			return nil, fmt.Errorf("save WireGuard key: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("read WireGuard key: %w", err)
+	}
+	return wg.Open(d.runCtx, wg.Config{
+		Name: name, PrivateKey: key, Logger: d.log.With("component", "wireguard"),
+	})
 }
 
 // currentGossip returns the gossip member, nil while there is none.
@@ -88,9 +142,11 @@ func (d *Daemon) currentGossip() *gossip.Member {
 // comes and goes with cluster membership: it keeps this host's endpoints
 // and hands them to each new member.
 type gossipTable struct {
-	vtep    netip.Addr
-	changes chan struct{}
-	log     *slog.Logger
+	vtep       netip.Addr
+	wgKey      wgtypes.Key // zero when the host has no WireGuard interface
+	wgEndpoint netip.AddrPort
+	changes    chan struct{}
+	log        *slog.Logger
 
 	mu     sync.Mutex // guards following
 	local  []agent.OverlayEndpoint
@@ -144,7 +200,7 @@ func (g *gossipTable) Announce(eps []agent.OverlayEndpoint) {
 		g.signal()
 		return
 	}
-	st := gossip.NodeState{VTEP: g.vtep}
+	st := gossip.NodeState{VTEP: g.vtep, WireGuardKey: g.wgKey, WireGuardEndpoint: g.wgEndpoint}
 	for _, e := range eps {
 		st.Endpoints = append(st.Endpoints, gossip.Endpoint{
 			TaskID: e.TaskID, ServiceID: e.ServiceID, ServiceName: e.ServiceName,
@@ -171,6 +227,7 @@ func (g *gossipTable) Endpoints() []agent.OverlayEndpoint {
 			out = append(out, agent.OverlayEndpoint{
 				NodeID: id, TaskID: e.TaskID, ServiceID: e.ServiceID, ServiceName: e.ServiceName,
 				NetworkID: e.NetworkID, Addr: e.Addr, MAC: e.MAC, VTEP: st.VTEP, Ready: e.Ready,
+				WireGuardKey: st.WireGuardKey, WireGuardEndpoint: st.WireGuardEndpoint,
 			})
 		}
 	}
