@@ -61,7 +61,7 @@ said otherwise). Prints the network's ID.`,
 	f.StringVar(&subnet, "subnet", "", "subnet in CIDR notation, e.g. 10.20.0.0/24 (default: one from the cluster's pools)")
 	f.StringVar(&gateway, "gateway", "", "gateway address in the subnet (default: its first address)")
 	f.BoolVar(&encrypted, "encrypted", false, "encrypt traffic between hosts (WireGuard)")
-	f.BoolVar(&attachable, "attachable", false, "let containers that no service runs join it")
+	f.BoolVar(&attachable, "attachable", false, "let containers that no service runs join it (recorded; Shoal has no standalone containers yet)")
 	f.BoolVar(&internal, "internal", false, "no route out of the cluster")
 	f.StringArrayVarP(&labels, "label", "l", nil, "network label KEY=VALUE (repeatable)")
 	return c
