@@ -3,11 +3,23 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
+	"testing"
 
 	"github.com/shoal-project/shoal/e2e/harness"
 )
+
+// TestMain lets the test binary double as a helper process: with
+// wgHelperEnv set it serves a benchmark's reference WireGuard device
+// (runWGHelper) instead of running tests.
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(wgHelperEnv); spec != "" {
+		os.Exit(runWGHelper(spec))
+	}
+	os.Exit(m.Run())
+}
 
 // task is the part of `shoal service ps --format json` the tests read
 // (protojson: 64-bit integers are strings, enums their names).

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -32,12 +33,19 @@ const (
 	// defaultTestappPkg is built with `go build`, which resolves it from
 	// anywhere inside the module.
 	defaultTestappPkg = "github.com/shoal-project/shoal/e2e/testapp"
+	// defaultIperf3 is where Debian's iperf3 installs its binary.
+	defaultIperf3 = "/usr/bin/iperf3"
 
 	testappRef = "shoal/testapp:latest"
 	busyboxRef = "docker.io/shoal/busybox:latest"
+	iperf3Ref  = "shoal/iperf3:latest"
 
 	testappFile = "testapp.tar"
 	busyboxFile = "busybox.oci.tar"
+	iperf3File  = "iperf3.tar"
+
+	// iperf3Path is where the iperf3 image holds the binary (on PATH).
+	iperf3Path = "usr/bin/iperf3"
 
 	// annotationRefName names an image in an OCI layout's index.json.
 	annotationRefName = "org.opencontainers.image.ref.name"
@@ -54,10 +62,11 @@ type options struct {
 	out     string    // output directory
 	busybox string    // static busybox binary
 	testapp string    // Go package of the test app
+	iperf3  string    // iperf3 binary, dynamically linked against the host's libraries
 	log     io.Writer // progress lines; nil discards
 }
 
-// build writes both image archives into o.out.
+// build writes the image archives into o.out.
 func build(ctx context.Context, o options) error {
 	if o.log == nil {
 		o.log = io.Discard
@@ -74,6 +83,19 @@ func build(ctx context.Context, o options) error {
 	}
 	if err := checkStatic(o.busybox); err != nil {
 		return fmt.Errorf("%s: %w: install busybox-static: make deps", o.busybox, err)
+	}
+	// iperf3 is checked before the slow steps, so that a missing one fails
+	// at once.
+	if _, err := os.Stat(o.iperf3); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s is missing: install iperf3: make deps", o.iperf3)
+	}
+	perfEntries, err := iperf3Entries(o.iperf3)
+	if err != nil {
+		return fmt.Errorf("iperf3 image: %w", err)
+	}
+	perfTar, err := tarOf(perfEntries)
+	if err != nil {
+		return fmt.Errorf("iperf3 layer: %w", err)
 	}
 	applets, err := busyboxApplets(ctx, o.busybox)
 	if err != nil {
@@ -126,6 +148,20 @@ func build(ctx context.Context, o options) error {
 		return err
 	}
 	report(o.log, filepath.Join(o.out, busyboxFile), busyboxRef, busybox)
+
+	iperf3, err := newImage(false, v1.Config{
+		Cmd:          []string{"iperf3", "-s"},
+		Env:          []string{pathEnv},
+		ExposedPorts: map[string]struct{}{"5201/tcp": {}},
+		Labels:       map[string]string{"org.opencontainers.image.title": "shoal iperf3"},
+	}, bbLayer, layerSpec{perfTar, fmt.Sprintf("the host's iperf3 at /%s with its %d runtime files", iperf3Path, len(perfEntries)-1)})
+	if err != nil {
+		return fmt.Errorf("iperf3 image: %w", err)
+	}
+	if err := writeDockerArchive(filepath.Join(o.out, iperf3File), iperf3Ref, iperf3); err != nil {
+		return err
+	}
+	report(o.log, filepath.Join(o.out, iperf3File), iperf3Ref, iperf3)
 	return nil
 }
 
@@ -235,6 +271,59 @@ func testappEntries(app []byte) []entry {
 		dir("usr/local/bin", 0o755),
 		file("usr/local/bin/testapp", 0o755, app),
 	}
+}
+
+// iperf3Entries is the iperf3 image's own layer: the binary at iperf3Path,
+// its ELF interpreter and the shared objects it loads, each where the
+// interpreter looks for it (see runtimeFiles), and their parent
+// directories. Libraries are copied as regular files under the name the
+// loader asks for, whatever symlinks lead to them on the host.
+func iperf3Entries(bin string) ([]entry, error) {
+	body, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, err
+	}
+	dirs, err := libSearchPath(bin)
+	if err != nil {
+		return nil, err
+	}
+	interp, libs, err := runtimeFiles(bin, dirs)
+	if err != nil {
+		return nil, err
+	}
+	es := []entry{file(iperf3Path, 0o755, body)}
+	for _, p := range append([]string{interp}, libs...) {
+		if p == "" {
+			continue // a static iperf3
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		mode := int64(0o644)
+		if p == interp {
+			mode = 0o755 // the kernel execs it
+		}
+		es = append(es, file(strings.TrimPrefix(p, "/"), mode, b))
+	}
+	return withParents(es), nil
+}
+
+// withParents adds a directory entry (mode 0755) for every parent of an
+// entry that has none.
+func withParents(es []entry) []entry {
+	have := map[string]bool{}
+	for _, e := range es {
+		have[strings.TrimSuffix(e.hdr.Name, "/")] = true
+	}
+	out := slices.Clone(es)
+	for _, e := range es {
+		for d := path.Dir(strings.TrimSuffix(e.hdr.Name, "/")); d != "." && !have[d]; d = path.Dir(d) {
+			have[d] = true
+			out = append(out, dir(d, 0o755))
+		}
+	}
+	return out
 }
 
 // tarOf renders entries, sorted by name, owned by root, stamped epoch.

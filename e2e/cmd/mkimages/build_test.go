@@ -20,12 +20,15 @@ func buildInto(t *testing.T, out string) {
 	if _, err := os.Stat(defaultBusybox); err != nil {
 		t.Skipf("%s missing (install busybox-static: make deps): %v", defaultBusybox, err)
 	}
+	if _, err := os.Stat(defaultIperf3); err != nil {
+		t.Skipf("%s missing (install iperf3: make deps): %v", defaultIperf3, err)
+	}
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skipf("go toolchain not in PATH: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := build(ctx, options{out: out, busybox: defaultBusybox, testapp: defaultTestappPkg}); err != nil {
+	if err := build(ctx, options{out: out, busybox: defaultBusybox, testapp: defaultTestappPkg, iperf3: defaultIperf3}); err != nil {
 		t.Fatalf("build: %v", err)
 	}
 }
@@ -110,13 +113,54 @@ func TestImagesLoadIntoTheStore(t *testing.T) {
 	if len(bb.Layers) != 1 || bb.Layers[0] != base {
 		t.Errorf("busybox layers = %q, want the testapp image's busybox layer %s, unpacked once", bb.Layers, base)
 	}
+
+	perf := load(iperf3File)
+	if want := []string{"docker.io/shoal/iperf3:latest"}; !slices.Equal(perf.Refs, want) {
+		t.Errorf("iperf3 refs = %q, want %q", perf.Refs, want)
+	}
+	if !slices.Equal(perf.Config.Cmd, []string{"iperf3", "-s"}) || !slices.Contains(perf.Config.Env, pathEnv) {
+		t.Errorf("iperf3 config = %+v, want Cmd [iperf3 -s] and PATH", perf.Config)
+	}
+	if len(perf.Layers) != 2 || perf.Layers[0] != base {
+		t.Fatalf("iperf3 layers = %q, want the busybox layer %s + iperf3", perf.Layers, base)
+	}
+	// The layer is enough to run iperf3: its own loader, told to look in
+	// the layer's library directories first, loads every library from the
+	// layer and starts it.
+	layer := perf.Layers[1]
+	interp, libs, err := runtimeFiles(defaultIperf3, mustSearchPath(t, defaultIperf3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var libDirs []string
+	for _, l := range libs {
+		libDirs = append(libDirs, filepath.Join(layer, filepath.Dir(l)))
+	}
+	slices.Sort(libDirs)
+	loader := func(args ...string) (string, error) {
+		out, err := exec.Command(filepath.Join(layer, interp), append([]string{"--inhibit-cache",
+			"--library-path", strings.Join(slices.Compact(libDirs), ":")}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	list, err := loader("--list", filepath.Join(layer, iperf3Path))
+	if err != nil {
+		t.Fatalf("the layer's loader --list iperf3: %v: %s", err, list)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		if _, where, ok := strings.Cut(line, "=> "); ok && !strings.HasPrefix(where, layer+"/") {
+			t.Errorf("iperf3 loads %q from outside the layer", line)
+		}
+	}
+	if out, err := loader(filepath.Join(layer, iperf3Path), "--version"); err != nil || !strings.HasPrefix(out, "iperf 3") {
+		t.Errorf("iperf3 --version from the layer = %q, %v", out, err)
+	}
 }
 
 func TestBuildIsReproducible(t *testing.T) {
 	a, b := t.TempDir(), t.TempDir()
 	buildInto(t, a)
 	buildInto(t, b)
-	for _, f := range []string{testappFile, busyboxFile} {
+	for _, f := range []string{testappFile, busyboxFile, iperf3File} {
 		x, err := os.ReadFile(filepath.Join(a, f))
 		if err != nil {
 			t.Fatal(err)
@@ -131,9 +175,26 @@ func TestBuildIsReproducible(t *testing.T) {
 	}
 }
 
-func TestMissingBusyboxExplainsFix(t *testing.T) {
-	err := build(context.Background(), options{out: t.TempDir(), busybox: filepath.Join(t.TempDir(), "no-busybox"), testapp: defaultTestappPkg})
-	if err == nil || !strings.Contains(err.Error(), "install busybox-static: make deps") {
-		t.Errorf("build without busybox = %v, want the install hint", err)
+func TestMissingToolExplainsFix(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	for _, tc := range []struct {
+		name  string
+		o     options
+		needs string // a tool checked before the missing one
+		want  string
+	}{
+		{"busybox", options{busybox: missing, iperf3: defaultIperf3}, "", "install busybox-static: make deps"},
+		{"iperf3", options{busybox: defaultBusybox, iperf3: missing}, defaultBusybox, "install iperf3: make deps"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := os.Stat(tc.needs); tc.needs != "" && err != nil {
+				t.Skipf("%s missing (make deps): %v", tc.needs, err)
+			}
+			tc.o.out, tc.o.testapp = t.TempDir(), defaultTestappPkg
+			err := build(context.Background(), tc.o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("build without %s = %v, want the hint %q", tc.name, err, tc.want)
+			}
+		})
 	}
 }
