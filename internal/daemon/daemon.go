@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/overlay/bridge"
 	"github.com/shoal-project/shoal/overlay/gossip"
+	"github.com/shoal-project/shoal/overlay/wg"
 	shoalpb "github.com/shoal-project/shoal/proto"
 	"github.com/shoal-project/shoal/raft"
 	"google.golang.org/grpc"
@@ -114,6 +115,7 @@ type Daemon struct {
 
 	overlayOnce sync.Once
 	overlayNet  *agent.Overlay // nil when this host cannot run overlays
+	wireGuard   *wg.Device     // the host's WireGuard interface, nil if none
 	endpoints   *gossipTable
 }
 
@@ -246,6 +248,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.bg.Wait()
 	d.stopManager()
 	d.closeForwarding()
+	d.closeWireGuard()
 	return err
 }
 

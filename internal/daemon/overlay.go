@@ -88,6 +88,9 @@ func (d *Daemon) newOverlay() (*agent.Overlay, error) {
 		Logger: d.log.With("component", "overlay"),
 	}
 	if dev != nil {
+		d.mu.Lock()
+		d.wireGuard = dev
+		d.mu.Unlock()
 		cfg.WireGuard = dev
 		table.wgKey = dev.PublicKey()
 		table.wgEndpoint = netip.AddrPortFrom(vtep, uint16(dev.ListenPort()))
@@ -97,6 +100,22 @@ func (d *Daemon) newOverlay() (*agent.Overlay, error) {
 		d.endpoints.attach(d.runCtx, g)
 	}
 	return agent.NewOverlay(cfg), nil
+}
+
+// closeWireGuard closes a wireguard-go interface when the daemon stops: it
+// dies with the process anyway, and closing removes its control socket. A
+// kernel interface stays, with its peers, so encrypted traffic between
+// containers keeps flowing while the daemon restarts.
+func (d *Daemon) closeWireGuard() {
+	d.mu.Lock()
+	dev := d.wireGuard
+	d.mu.Unlock()
+	if dev == nil || dev.Kind() != wg.KindUserspace {
+		return
+	}
+	if err := dev.Close(); err != nil {
+		d.log.Warn("close the WireGuard interface", "err", err)
+	}
 }
 
 // wireGuardKeyFile holds this host's WireGuard private key (base64), kept
