@@ -450,14 +450,16 @@ func startCapture(tb testing.TB, path, link string, marker []byte) *capture {
 		defer c.wg.Done()
 		buf := make([]byte, 1<<16)
 		for {
-			select {
-			case <-c.done:
-				return
-			default:
-			}
 			n, _, err := unix.Recvfrom(c.fd, buf, 0)
 			if err != nil {
-				continue // timeout: look at done again
+				// Nothing queued for 100 ms: stop if asked. Frames still
+				// queued when stop is called are read first.
+				select {
+				case <-c.done:
+					return
+				default:
+				}
+				continue
 			}
 			c.mu.Lock()
 			c.frames++

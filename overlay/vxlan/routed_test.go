@@ -466,8 +466,16 @@ func TestEncryptedSetRemotes(t *testing.T) {
 	s.routed[s.h2] = addrs(s.epB, epC)
 	s.peers(t)
 
-	// A long-lived connection to b, which stays a remote throughout.
-	conn, err := dialIn(s.a, s.echoB, ioTimeout)
+	// A long-lived connection to b, which stays a remote throughout. The
+	// first attempt may meet a WireGuard handshake still settling (two
+	// hosts that initiate at once retry after 5 s): try for a while.
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(3 * ioTimeout); ; {
+		if conn, err = dialIn(s.a, s.echoB, ioTimeout); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
