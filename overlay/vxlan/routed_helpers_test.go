@@ -489,3 +489,18 @@ func (c *capture) stop() {
 	c.wg.Wait()
 	unix.Close(c.fd)
 }
+
+// dialSettled dials addr from the namespace at nsPath, retrying for up to
+// handshakeTimeout: on a loaded machine a WireGuard session can still be
+// re-keying when a test connects (a crossed handshake retries after 5 s).
+// For connections that must succeed; checks that a path is closed use
+// dialIn.
+func dialSettled(nsPath, addr string) (net.Conn, error) {
+	deadline := time.Now().Add(handshakeTimeout)
+	for {
+		c, err := dialIn(nsPath, addr, ioTimeout)
+		if err == nil || time.Now().After(deadline) {
+			return c, err
+		}
+	}
+}

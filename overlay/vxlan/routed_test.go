@@ -307,8 +307,13 @@ func TestEncryptedOnTheWire(t *testing.T) {
 		// returns the frames seen and those with the marker in clear.
 		send := func(from, to string) (frames, marked int) {
 			t.Helper()
+			c, err := dialSettled(from, to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
 			capt := startCapture(t, s.w.ul, fmt.Sprintf("%su%d", run, 2), marker)
-			c, err := dialIn(from, to, ioTimeout)
+			c, err = dialIn(from, to, ioTimeout)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -408,6 +413,11 @@ func TestEncryptedOnTheWire(t *testing.T) {
 		if n := vxlanDropCount(t, s.h1); n == 0 {
 			t.Error("SetEncryptedVNIs' rule dropped nothing")
 		}
+		if c, err := dialSettled(s.a, s.echoB); err != nil {
+			t.Errorf("encrypted network after SetEncryptedVNIs: %v", err)
+		} else {
+			c.Close()
+		}
 		if err := tcpRoundTrip(s.a, s.echoB, 1<<10); err != nil {
 			t.Errorf("encrypted network after SetEncryptedVNIs: %v", err)
 		}
@@ -469,13 +479,7 @@ func TestEncryptedSetRemotes(t *testing.T) {
 	// A long-lived connection to b, which stays a remote throughout. The
 	// first attempt may meet a WireGuard handshake still settling (two
 	// hosts that initiate at once retry after 5 s): try for a while.
-	var conn net.Conn
-	var err error
-	for deadline := time.Now().Add(3 * ioTimeout); ; {
-		if conn, err = dialIn(s.a, s.echoB, ioTimeout); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
+	conn, err := dialSettled(s.a, s.echoB)
 	if err != nil {
 		t.Fatal(err)
 	}
