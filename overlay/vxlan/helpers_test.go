@@ -452,3 +452,27 @@ func udpRoundTrip(nsPath, addr string, size int) error {
 func ap(addr netip.Prefix, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(addr.Addr(), port)
 }
+
+// checkReach checks, from container netns a, that the long-lived
+// connection conn to b still carries data, that a new connection to echoB
+// does, and that echoC is reachable exactly when reachC is.
+func checkReach(t *testing.T, conn net.Conn, a, echoB, echoC string, reachC bool) {
+	t.Helper()
+	if err := roundTrip(conn, 8<<10); err != nil {
+		t.Fatalf("existing connection to b: %v", err)
+	}
+	if err := tcpRoundTrip(a, echoB, 1<<10); err != nil {
+		t.Fatalf("new connection to b: %v", err)
+	}
+	cc, err := dialIn(a, echoC, closedTimeout)
+	if err == nil {
+		err = roundTrip(cc, 1<<10)
+		cc.Close()
+	}
+	if reachC && err != nil {
+		t.Fatalf("c unreachable: %v", err)
+	}
+	if !reachC && err == nil {
+		t.Fatal("c reachable")
+	}
+}

@@ -348,23 +348,7 @@ func TestSetRemotes(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			s.h1.setRemotes(t, s.n.ID, st.remotes...)
 			checkProgrammed(t, s.h1, s.n.ID, st.remotes)
-			if err := roundTrip(conn, 8<<10); err != nil {
-				t.Fatalf("existing connection to b: %v", err)
-			}
-			if err := tcpRoundTrip(s.a, s.echoB, 1<<10); err != nil {
-				t.Fatalf("new connection to b: %v", err)
-			}
-			cc, err := dialIn(s.a, echoC, closedTimeout)
-			if err == nil {
-				err = roundTrip(cc, 1<<10)
-				cc.Close()
-			}
-			if st.reachC && err != nil {
-				t.Fatalf("c unreachable: %v", err)
-			}
-			if !st.reachC && err == nil {
-				t.Fatal("c reachable")
-			}
+			checkReach(t, conn, s.a, s.echoB, echoC, st.reachC)
 		})
 	}
 
