@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 const (
@@ -106,12 +108,12 @@ type Driver struct {
 }
 
 // DefaultHostNetNS names the process's own network namespace as the calling
-// thread sees it. Not /proc/self/ns/net: that is the main thread's, and a
-// goroutine locked to the main thread may be inside a container or sandbox
-// namespace at that moment, so the bridge would be looked for, or made, in
-// the wrong place. Every thread not locked by a namespace switch is in the
-// process's namespace, and the driver opens this path from such threads.
-const DefaultHostNetNS = "/proc/thread-self/ns/net"
+// thread sees it (netnsutil.ProcessNetNS). Not /proc/self/ns/net: that is the
+// main thread's, and a goroutine locked to the main thread may be inside a
+// container or sandbox namespace at that moment, so the bridge would be
+// looked for, or made, in the wrong place. The driver opens this path only
+// from threads that have not entered another namespace.
+const DefaultHostNetNS = netnsutil.ProcessNetNS
 
 // New validates cfg, applies defaults and prepares StateDir. It does not touch
 // the kernel: call Setup to create the bridge.

@@ -14,6 +14,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 func TestSetupIdempotentAndRepairs(t *testing.T) {
@@ -412,12 +414,12 @@ func TestAttachRepairs(t *testing.T) {
 			}
 		}},
 		{name: "netns file lost", damage: func(t *testing.T, e *testEnv, ep Endpoint) {
-			if err := removeNetNSFile(ep.NetNSPath); err != nil {
+			if err := netnsutil.RemoveNetNSFile(ep.NetNSPath); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{name: "netns file is a stale placeholder", damage: func(t *testing.T, e *testEnv, ep Endpoint) {
-			if err := removeNetNSFile(ep.NetNSPath); err != nil {
+			if err := netnsutil.RemoveNetNSFile(ep.NetNSPath); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(ep.NetNSPath, nil, 0o444); err != nil {

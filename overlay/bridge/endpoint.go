@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 const (
@@ -127,7 +129,7 @@ func (d *Driver) endpoint(id string, addr netip.Addr) Endpoint {
 // plumb brings the kernel objects of ep to their desired state, creating what
 // is missing; every step is idempotent.
 func (d *Driver) plumb(ctx context.Context, h *netlink.Handle, br netlink.Link, ep Endpoint) error {
-	if err := createNetNS(ep.NetNSPath); err != nil {
+	if err := netnsutil.CreateNetNS(ep.NetNSPath); err != nil {
 		return err
 	}
 	cns, err := netns.GetFromPath(ep.NetNSPath)
@@ -330,7 +332,7 @@ func (d *Driver) detachLocked(id string) error {
 	case !isNotFound(err):
 		return fmt.Errorf("look up veth %s: %w", name, err)
 	}
-	if err := removeNetNSFile(filepath.Join(d.netnsDir, id)); err != nil {
+	if err := netnsutil.RemoveNetNSFile(filepath.Join(d.netnsDir, id)); err != nil {
 		return err
 	}
 	st, err := loadState(d.statePath)

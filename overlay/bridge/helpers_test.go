@@ -18,6 +18,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // ioTimeout bounds every dial and read so a broken data path fails the test
@@ -70,7 +72,7 @@ func newEnv(t *testing.T) *testEnv {
 // back afterwards, and deletes it at cleanup. It returns its path.
 func newNamedNetNS(t *testing.T, name string) string {
 	t.Helper()
-	err := onLockedThread(func() error {
+	err := netnsutil.OnLockedThread(func() error {
 		ns, err := netns.NewNamed(name)
 		if err != nil {
 			return err
@@ -94,7 +96,7 @@ func unmountAll(t *testing.T, dir string) {
 		return
 	}
 	for _, e := range entries {
-		if err := removeNetNSFile(filepath.Join(dir, e.Name())); err != nil {
+		if err := netnsutil.RemoveNetNSFile(filepath.Join(dir, e.Name())); err != nil {
 			t.Errorf("clean up netns file: %v", err)
 		}
 	}
@@ -217,21 +219,6 @@ func (e *testEnv) newOutside(t *testing.T) (nsPath string, uplink, remote netip.
 	return outside, up.Addr(), rem.Addr()
 }
 
-// inNetNS runs fn on a locked thread inside the netns at path.
-func inNetNS(path string, fn func() error) error {
-	return onLockedThread(func() error {
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			return err
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			return err
-		}
-		return fn()
-	})
-}
-
 // handleIn returns a netlink handle bound to the netns at path.
 func handleIn(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
@@ -253,7 +240,7 @@ func handleIn(t *testing.T, path string) *netlink.Handle {
 func serveRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
 	t.Helper()
 	var l net.Listener
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		l, err = net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
 		return err
@@ -287,7 +274,7 @@ func serveRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
 // address the server reported.
 func peerSeenBy(nsPath, addr string) (string, error) {
 	var got string
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		c, err := net.DialTimeout("tcp", addr, ioTimeout)
 		if err != nil {
 			return err
@@ -313,7 +300,7 @@ func readIPForward(t *testing.T, nsPath string) string {
 func readSysctl(t *testing.T, nsPath, path string) string {
 	t.Helper()
 	var v []byte
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		v, err = os.ReadFile(path)
 		return err
@@ -330,7 +317,7 @@ func readSysctl(t *testing.T, nsPath, path string) string {
 func serveUDPRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
 	t.Helper()
 	var pc net.PacketConn
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(ip, 0).String())
 		return err
@@ -363,7 +350,7 @@ func serveUDPRemoteAddr(t *testing.T, nsPath string, ip netip.Addr) string {
 // from local port lport (0: any), and returns the peer address the server
 // reported and the server's own address.
 func udpPeerSeenBy(nsPath string, lport uint16, addr string) (peer, server string, err error) {
-	err = inNetNS(nsPath, func() error {
+	err = netnsutil.InNetNS(nsPath, func() error {
 		d := net.Dialer{LocalAddr: &net.UDPAddr{Port: int(lport)}}
 		c, err := d.Dial("udp", addr)
 		if err != nil {

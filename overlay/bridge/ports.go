@@ -18,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 const (
@@ -242,14 +244,9 @@ func (p *PortTable) CheckFree(ctx context.Context, ms []PortMapping) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("check host ports: %w", err)
 	}
-	return onLockedThread(func() error {
-		ns, err := netns.GetFromPath(p.hostNS)
-		if err != nil {
-			return fmt.Errorf("check host ports: open host netns %s: %w", p.hostNS, err)
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("check host ports: enter host netns %s: %w", p.hostNS, err)
+	return netnsutil.OnLockedThread(func() error {
+		if err := netnsutil.Enter(p.hostNS); err != nil {
+			return fmt.Errorf("check host ports in the host netns: %w", err)
 		}
 		for _, m := range ms {
 			if err := bindProbe(m); err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 func TestNormalizeMappings(t *testing.T) {
@@ -351,7 +353,7 @@ func TestGuardKeepsContainersOffHostLoopback(t *testing.T) {
 	}
 	secret := serveRemoteAddr(t, p.hostNS, netip.MustParseAddr("127.0.0.1"))
 	reach := func() error {
-		return inNetNS(p.a.NetNSPath, func() error {
+		return netnsutil.InNetNS(p.a.NetNSPath, func() error {
 			c, err := net.DialTimeout("tcp", secret, blocked)
 			if err == nil {
 				c.Close()

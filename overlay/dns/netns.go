@@ -8,7 +8,8 @@ import (
 	"runtime"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // ListenFunc opens a container's listeners: a UDP socket and a TCP
@@ -57,14 +58,8 @@ func ListenNetNS(ctx context.Context, netnsPath string) (net.PacketConn, net.Lis
 // listenHere moves the calling thread, which must be locked and then
 // discarded, into the namespace at netnsPath and opens the listeners there.
 func listenHere(ctx context.Context, netnsPath string) (net.PacketConn, net.Listener, error) {
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open netns %s: %w", netnsPath, err)
-	}
-	err = netns.Set(ns)
-	ns.Close()
-	if err != nil {
-		return nil, nil, fmt.Errorf("enter netns %s: %w", netnsPath, err)
+	if err := netnsutil.Enter(netnsPath); err != nil {
+		return nil, nil, err
 	}
 	// The package-level netlink functions open their sockets on the
 	// calling thread, so in the namespace just entered.

@@ -8,13 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 
 	mdns "github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // runPrefix starts the name of every netns this test binary creates, unique
@@ -35,26 +36,13 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// onDiscardedThread runs fn on an OS thread that the runtime discards
-// afterwards, so that fn may change the thread's namespace freely, and
-// waits for it.
-func onDiscardedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread dies with the goroutine.
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // newNetNS creates the named netns runPrefix-suffix, with its loopback
 // down as every new one, deletes it at cleanup (even if the test fails),
 // and returns its path.
 func newNetNS(t *testing.T, suffix string) string {
 	t.Helper()
 	name := runPrefix + "-" + suffix
-	err := onDiscardedThread(func() error {
+	err := netnsutil.OnLockedThread(func() error {
 		ns, err := netns.NewNamed(name) // also moves this thread into it
 		if err != nil {
 			return err
@@ -91,16 +79,9 @@ func checkNoNetNSLeft(t *testing.T) {
 // entered the namespace.
 func askIn(nsPath, network, name string) (*mdns.Msg, error) {
 	var resp *mdns.Msg
-	err := onDiscardedThread(func() error {
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			return err
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			return err
-		}
+	err := netnsutil.InNetNS(nsPath, func() error {
 		c := &mdns.Client{Net: network, Timeout: ioTimeout}
+		var err error
 		resp, _, err = c.Exchange(question(name, mdns.TypeA, 0), net.JoinHostPort(ListenAddr, "53"))
 		return err
 	})

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 const (
@@ -38,12 +40,12 @@ const (
 	DefaultNetNSDir = "/run/netns"
 
 	// DefaultHostNetNS names the process's own network namespace as the
-	// calling thread sees it. Not /proc/self/ns/net: that is the main
-	// thread's, and a goroutine locked to the main thread may be inside a
-	// sandbox or container namespace at that moment. Every thread not
-	// locked by a namespace switch is in the process's namespace, and the
-	// driver opens this path from such threads.
-	DefaultHostNetNS = "/proc/thread-self/ns/net"
+	// calling thread sees it (netnsutil.ProcessNetNS). Not /proc/self/ns/net:
+	// that is the main thread's, and a goroutine locked to the main thread
+	// may be inside a sandbox or container namespace at that moment. The
+	// driver opens this path only from threads that have not entered
+	// another namespace.
+	DefaultHostNetNS = netnsutil.ProcessNetNS
 
 	// MaxPrefixLen bounds Config.Prefix so every link name fits the kernel's
 	// 15 bytes: the longest is a veth, the prefix then "v" and 8 hex digits

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // forgedVXLAN builds the UDP payload of a VXLAN packet (RFC 7348): the 8-byte
@@ -69,7 +71,7 @@ func TestEncryptedVNIDrop(t *testing.T) {
 	// The attacker: a plain UDP socket in host 2's netns, sending to host
 	// 1's VTEP a packet its VXLAN socket accepts as VNI n.VNI.
 	var forger net.Conn
-	err := inNetNS(h2.ns, func() error {
+	err := netnsutil.InNetNS(h2.ns, func() error {
 		var err error
 		forger, err = net.Dial("udp", netip.AddrPortFrom(h1.vtep, DefaultPort).String())
 		return err

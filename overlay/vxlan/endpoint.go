@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // Attach connects a container to network networkID, creating or repairing:
@@ -154,7 +156,7 @@ func (d *Driver) waitOperUp(ctx context.Context, nss []*nsHandle, names []string
 // ErrNoNetwork if any is missing. The caller closes the sandbox.
 func (d *Driver) openNetworkLocked(id string) (*nsHandle, netlink.Link, netip.Prefix, error) {
 	path := d.sandboxPath(id)
-	ok, err := isNetNSFile(path)
+	ok, err := netnsutil.IsNetNSFile(path)
 	if err != nil {
 		return nil, nil, netip.Prefix{}, err
 	}
@@ -319,7 +321,7 @@ func (d *Driver) Detach(ctx context.Context, networkID, endpointID string) error
 		return fmt.Errorf("detach %s from network %s: %w", endpointID, networkID, err)
 	}
 	path := d.sandboxPath(networkID)
-	ok, err := isNetNSFile(path)
+	ok, err := netnsutil.IsNetNSFile(path)
 	if err != nil {
 		return fmt.Errorf("detach %s from network %s: %w", endpointID, networkID, err)
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // ioTimeout bounds every dial and read on a path that should work, so a
@@ -157,7 +159,7 @@ func (w *world) container(tb testing.TB, name string) string {
 // back afterwards, and deletes it at cleanup. It returns its path.
 func newNamedNetNS(tb testing.TB, name string) string {
 	tb.Helper()
-	err := onLockedThread(func() error {
+	err := netnsutil.OnLockedThread(func() error {
 		ns, err := netns.NewNamed(name)
 		if err != nil {
 			return err
@@ -181,7 +183,7 @@ func unmountAll(tb testing.TB, dir string) {
 		return
 	}
 	for _, e := range entries {
-		if err := removeNetNSFile(filepath.Join(dir, e.Name())); err != nil {
+		if err := netnsutil.RemoveNetNSFile(filepath.Join(dir, e.Name())); err != nil {
 			tb.Errorf("clean up netns file: %v", err)
 		}
 	}
@@ -281,7 +283,7 @@ func (h *testHost) setRemotes(tb testing.TB, netID string, rs ...Remote) {
 func serve(tb testing.TB, nsPath string, addr netip.AddrPort, fn func(net.Conn)) string {
 	tb.Helper()
 	var l net.Listener
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		l, err = net.Listen("tcp", addr.String())
 		return err
@@ -336,7 +338,7 @@ func serveEcho(tb testing.TB, nsPath string, addr netip.AddrPort) string {
 // dialIn dials TCP addr from inside the netns at nsPath.
 func dialIn(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		c, err = net.DialTimeout("tcp", addr, timeout)
 		return err
@@ -403,7 +405,7 @@ func serveUDPEcho(tb testing.TB, nsPath string, addr netip.AddrPort) string {
 func listenUDP(tb testing.TB, nsPath string, addr netip.AddrPort) net.PacketConn {
 	tb.Helper()
 	var pc net.PacketConn
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		pc, err = net.ListenPacket("udp", addr.String())
 		return err
@@ -419,7 +421,7 @@ func listenUDP(tb testing.TB, nsPath string, addr netip.AddrPort) net.PacketConn
 // comes back; UDP may lose a datagram, so it tries three times.
 func udpRoundTrip(nsPath, addr string, size int) error {
 	var c net.Conn
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		c, err = net.Dial("udp", addr)
 		return err

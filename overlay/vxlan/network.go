@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // ipForward is the sysctl that stays 0 in a plain network's sandbox, which
@@ -73,7 +75,7 @@ func (d *Driver) ensureNetworkLocked(ctx context.Context, n Network) error {
 		}
 	}
 	path := d.sandboxPath(n.ID)
-	if err := createNetNS(path); err != nil {
+	if err := netnsutil.CreateNetNS(path); err != nil {
 		return err
 	}
 	sb, err := openNS(path)
@@ -87,7 +89,7 @@ func (d *Driver) ensureNetworkLocked(ctx context.Context, n Network) error {
 	}
 	// New namespaces may inherit forwarding from the host's (PLATFORM.md);
 	// enforce it either way.
-	if err := setSysctls(path, d.sandboxSysctls(n)...); err != nil {
+	if err := netnsutil.SetSysctls(path, d.sandboxSysctls(n)...); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -351,7 +353,7 @@ func (d *Driver) RemoveNetwork(ctx context.Context, id string) error {
 // netns (syncHostLocked).
 func (d *Driver) removeNetworkLocked(id string) (encrypted bool, err error) {
 	path := d.sandboxPath(id)
-	ok, err := isNetNSFile(path)
+	ok, err := netnsutil.IsNetNSFile(path)
 	if err != nil {
 		return false, err
 	}
@@ -368,7 +370,7 @@ func (d *Driver) removeNetworkLocked(id string) (encrypted bool, err error) {
 	}
 	// The namespace itself goes with its last reference; the links that
 	// matter are gone already even if something still holds it.
-	if err := removeNetNSFile(path); err != nil {
+	if err := netnsutil.RemoveNetNSFile(path); err != nil {
 		return encrypted, err
 	}
 	if ok {
@@ -460,7 +462,7 @@ func (d *Driver) sandboxFilesLocked() (map[string]bool, error) {
 		if !ok {
 			continue
 		}
-		pinned, err := isNetNSFile(d.sandboxPath(id))
+		pinned, err := netnsutil.IsNetNSFile(d.sandboxPath(id))
 		if err != nil {
 			return nil, err
 		}

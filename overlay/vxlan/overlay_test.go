@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // twoHostNetwork is the common setup: network n1 (VNI 4100, 10.10.1.0/24) on
@@ -492,7 +494,7 @@ func TestReconcileAfterRestart(t *testing.T) {
 func readSysctl(t *testing.T, nsPath, path string) string {
 	t.Helper()
 	var v []byte
-	err := inNetNS(nsPath, func() error {
+	err := netnsutil.InNetNS(nsPath, func() error {
 		var err error
 		v, err = os.ReadFile(path)
 		return err

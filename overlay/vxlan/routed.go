@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 )
 
 // Encrypted networks: routed at layer 3 over the host's WireGuard interface
@@ -46,15 +48,18 @@ const (
 // sandbox only bridges (forwarding off, which also disables proxy ARP); an
 // encrypted network's routes between its bridge and its uplink and answers
 // for remote endpoints by proxy ARP at once.
-func (d *Driver) sandboxSysctls(n Network) []sysctl {
+func (d *Driver) sandboxSysctls(n Network) []netnsutil.Sysctl {
 	br := d.bridgeName()
 	if !n.Encrypted {
-		return []sysctl{{ipForward, "0"}, {fmt.Sprintf(proxyARPFmt, br), "0"}}
+		return []netnsutil.Sysctl{
+			{Path: ipForward, Value: "0"},
+			{Path: fmt.Sprintf(proxyARPFmt, br), Value: "0"},
+		}
 	}
-	return []sysctl{
-		{ipForward, "1"},
-		{fmt.Sprintf(proxyARPFmt, br), "1"},
-		{fmt.Sprintf(proxyDelayFmt, br), "0"},
+	return []netnsutil.Sysctl{
+		{Path: ipForward, Value: "1"},
+		{Path: fmt.Sprintf(proxyARPFmt, br), Value: "1"},
+		{Path: fmt.Sprintf(proxyDelayFmt, br), Value: "0"},
 	}
 }
 
@@ -224,7 +229,7 @@ func (d *Driver) ensureRouted(host, sb *nsHandle, n Network) error {
 	}
 	// Left on when the last encrypted network goes: other software in the
 	// namespace (overlay/bridge, for one) may rely on it.
-	return setSysctl(host.path, ipForward, "1")
+	return netnsutil.SetSysctl(host.path, ipForward, "1")
 }
 
 // ensureUplink creates or repairs network n's uplink: a veth pair with

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 	"github.com/shoal-project/shoal/overlay/wg"
 )
 
@@ -423,7 +424,7 @@ func startCapture(tb testing.TB, path, link string, marker []byte) *capture {
 	tb.Helper()
 	c := &capture{fd: -1, marker: marker, done: make(chan struct{})}
 	proto := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8 // network order
-	err := inNetNS(path, func() error {
+	err := netnsutil.InNetNS(path, func() error {
 		ifi, err := net.InterfaceByName(link)
 		if err != nil {
 			return err

@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 
+	"github.com/shoal-project/shoal/overlay/netnsutil"
 	"github.com/shoal-project/shoal/overlay/wg"
 )
 
@@ -366,7 +367,7 @@ func TestEncryptedOnTheWire(t *testing.T) {
 		listenP := listenUDP(t, pc1, targetP)
 
 		var forger net.Conn
-		err := inNetNS(s.h2.ns, func() error {
+		err := netnsutil.InNetNS(s.h2.ns, func() error {
 			var err error
 			forger, err = net.Dial("udp", netip.AddrPortFrom(s.h1.vtep, DefaultPort).String())
 			return err
