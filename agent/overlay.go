@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -85,6 +86,10 @@ type Overlay struct {
 	wgErr error
 
 	kick chan struct{}
+
+	// syncMu is held by each sync, and by DetachNamespace so that no sync
+	// writes a VIP table into a namespace after it was unplugged.
+	syncMu sync.Mutex
 
 	mu       sync.Mutex                  // guards following
 	networks map[string]*shoalpb.Network // every network seen, by id
@@ -205,12 +210,12 @@ func (o *Overlay) Attach(ctx context.Context, t *shoalpb.Task, netns string) err
 		if err != nil {
 			return err
 		}
-		if err := o.vx.Attach(ctx, n.GetId(), ep, netns, fmt.Sprintf("eth%d", i+1)); err != nil {
+		if err := o.vx.Attach(ctx, n.GetId(), ep, netns, interfaceName(t, i)); err != nil {
 			return fmt.Errorf("attach to network %s: %w", n.GetSpec().GetName(), err)
 		}
 		scope.Networks = append(scope.Networks, n.GetId())
 	}
-	if o.internalOnly(t) {
+	if o.internalOnly(t) && t.GetAttachment() == nil {
 		// No way out of the cluster: the node-local bridge stays for the
 		// host's own traffic (published ports), without a default route.
 		if err := dropDefaultRoute(netns); err != nil {
@@ -227,6 +232,16 @@ func (o *Overlay) Attach(ctx context.Context, t *shoalpb.Task, netns string) err
 	o.mu.Unlock()
 	o.poke()
 	return nil
+}
+
+// interfaceName is the name of the i-th overlay interface of t's
+// namespace: the attachment's own when set, else eth1, eth2, ... (eth0 is
+// the node-local bridge's).
+func interfaceName(t *shoalpb.Task, i int) string {
+	if names := t.GetAttachment().GetInterfaces(); i < len(names) && names[i] != "" {
+		return names[i]
+	}
+	return fmt.Sprintf("eth%d", i+1)
 }
 
 // SetReady marks the task's endpoints ready (it runs) or not (it stops):
@@ -271,6 +286,32 @@ func (o *Overlay) Detach(ctx context.Context, taskID string) error {
 	return errors.Join(errs...)
 }
 
+// DetachNamespace unplugs a network attachment (shoal network connect)
+// from a namespace that outlives it: its overlay interfaces, its DNS
+// resolver and the VIP table the sync loop wrote there. networkIDs are
+// the networks it joined, for when this daemon did not attach it itself
+// (it was disconnected while the daemon was down).
+func (o *Overlay) DetachNamespace(ctx context.Context, taskID, netns string, networkIDs []string) error {
+	o.syncMu.Lock()
+	defer o.syncMu.Unlock()
+	o.mu.Lock()
+	if o.local[taskID] == nil {
+		t := &shoalpb.Task{Id: taskID}
+		for _, id := range networkIDs {
+			t.Networks = append(t.Networks, &shoalpb.NetworkAttachment{NetworkId: id})
+		}
+		o.local[taskID] = &localAttachment{task: t, netns: netns}
+	}
+	o.mu.Unlock()
+	err := o.Detach(ctx, taskID)
+	if _, serr := os.Stat(netns); serr == nil {
+		if verr := vip.Remove(ctx, netns); verr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the VIP table from %s: %w", netns, verr))
+		}
+	}
+	return err
+}
+
 // unusedNetworks returns the networks of t that no local container uses.
 func (o *Overlay) unusedNetworks(t *shoalpb.Task) []string {
 	o.mu.Lock()
@@ -306,6 +347,8 @@ func (o *Overlay) Run(ctx context.Context) {
 // sync announces this host's endpoints and programs every local network's
 // remote endpoints, the DNS names and the containers' VIP tables.
 func (o *Overlay) sync(ctx context.Context) {
+	o.syncMu.Lock()
+	defer o.syncMu.Unlock()
 	o.mu.Lock()
 	var mine []OverlayEndpoint
 	localNets := make(map[string]bool)

@@ -21,6 +21,213 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ConnectNetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Networks are ids, unique id prefixes or names, each attachable.
+	Networks []string `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	// Node is the node's id, unique id prefix or hostname.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Netns is the namespace's absolute path on that node.
+	Netns string `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
+	// Name defaults to the namespace file's name under /run/netns, else to
+	// the attachment's short id.
+	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectNetworkRequest) Reset() {
+	*x = ConnectNetworkRequest{}
+	mi := &file_control_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectNetworkRequest) ProtoMessage() {}
+
+func (x *ConnectNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectNetworkRequest.ProtoReflect.Descriptor instead.
+func (*ConnectNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ConnectNetworkRequest) GetNetworks() []string {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *ConnectNetworkRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ConnectNetworkRequest) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
+func (x *ConnectNetworkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ConnectNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attachment    *Task                  `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectNetworkResponse) Reset() {
+	*x = ConnectNetworkResponse{}
+	mi := &file_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectNetworkResponse) ProtoMessage() {}
+
+func (x *ConnectNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectNetworkResponse.ProtoReflect.Descriptor instead.
+func (*ConnectNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ConnectNetworkResponse) GetAttachment() *Task {
+	if x != nil {
+		return x.Attachment
+	}
+	return nil
+}
+
+// DisconnectNetworkRequest names an attachment by id, unique id prefix or
+// name.
+type DisconnectNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attachment    string                 `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisconnectNetworkRequest) Reset() {
+	*x = DisconnectNetworkRequest{}
+	mi := &file_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisconnectNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisconnectNetworkRequest) ProtoMessage() {}
+
+func (x *DisconnectNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisconnectNetworkRequest.ProtoReflect.Descriptor instead.
+func (*DisconnectNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DisconnectNetworkRequest) GetAttachment() string {
+	if x != nil {
+		return x.Attachment
+	}
+	return ""
+}
+
+type DisconnectNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attachment    *Task                  `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisconnectNetworkResponse) Reset() {
+	*x = DisconnectNetworkResponse{}
+	mi := &file_control_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisconnectNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisconnectNetworkResponse) ProtoMessage() {}
+
+func (x *DisconnectNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisconnectNetworkResponse.ProtoReflect.Descriptor instead.
+func (*DisconnectNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DisconnectNetworkResponse) GetAttachment() *Task {
+	if x != nil {
+		return x.Attachment
+	}
+	return nil
+}
+
 type CreateNetworkRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *NetworkSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -30,7 +237,7 @@ type CreateNetworkRequest struct {
 
 func (x *CreateNetworkRequest) Reset() {
 	*x = CreateNetworkRequest{}
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +249,7 @@ func (x *CreateNetworkRequest) String() string {
 func (*CreateNetworkRequest) ProtoMessage() {}
 
 func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[0]
+	mi := &file_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +262,7 @@ func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{0}
+	return file_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateNetworkRequest) GetSpec() *NetworkSpec {
@@ -74,7 +281,7 @@ type CreateNetworkResponse struct {
 
 func (x *CreateNetworkResponse) Reset() {
 	*x = CreateNetworkResponse{}
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +293,7 @@ func (x *CreateNetworkResponse) String() string {
 func (*CreateNetworkResponse) ProtoMessage() {}
 
 func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[1]
+	mi := &file_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +306,7 @@ func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{1}
+	return file_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateNetworkResponse) GetNetwork() *Network {
@@ -119,7 +326,7 @@ type GetNetworkRequest struct {
 
 func (x *GetNetworkRequest) Reset() {
 	*x = GetNetworkRequest{}
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -131,7 +338,7 @@ func (x *GetNetworkRequest) String() string {
 func (*GetNetworkRequest) ProtoMessage() {}
 
 func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[2]
+	mi := &file_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -144,7 +351,7 @@ func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{2}
+	return file_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetNetworkRequest) GetNetwork() string {
@@ -163,7 +370,7 @@ type GetNetworkResponse struct {
 
 func (x *GetNetworkResponse) Reset() {
 	*x = GetNetworkResponse{}
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +382,7 @@ func (x *GetNetworkResponse) String() string {
 func (*GetNetworkResponse) ProtoMessage() {}
 
 func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[3]
+	mi := &file_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +395,7 @@ func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{3}
+	return file_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetNetworkResponse) GetNetwork() *Network {
@@ -206,7 +413,7 @@ type ListNetworksRequest struct {
 
 func (x *ListNetworksRequest) Reset() {
 	*x = ListNetworksRequest{}
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +425,7 @@ func (x *ListNetworksRequest) String() string {
 func (*ListNetworksRequest) ProtoMessage() {}
 
 func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[4]
+	mi := &file_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +438,7 @@ func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{4}
+	return file_control_proto_rawDescGZIP(), []int{8}
 }
 
 type ListNetworksResponse struct {
@@ -243,7 +450,7 @@ type ListNetworksResponse struct {
 
 func (x *ListNetworksResponse) Reset() {
 	*x = ListNetworksResponse{}
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +462,7 @@ func (x *ListNetworksResponse) String() string {
 func (*ListNetworksResponse) ProtoMessage() {}
 
 func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[5]
+	mi := &file_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +475,7 @@ func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListNetworksResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{5}
+	return file_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListNetworksResponse) GetNetworks() []*Network {
@@ -287,7 +494,7 @@ type RemoveNetworkRequest struct {
 
 func (x *RemoveNetworkRequest) Reset() {
 	*x = RemoveNetworkRequest{}
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +506,7 @@ func (x *RemoveNetworkRequest) String() string {
 func (*RemoveNetworkRequest) ProtoMessage() {}
 
 func (x *RemoveNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[6]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +519,7 @@ func (x *RemoveNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNetworkRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{6}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveNetworkRequest) GetNetwork() string {
@@ -330,7 +537,7 @@ type RemoveNetworkResponse struct {
 
 func (x *RemoveNetworkResponse) Reset() {
 	*x = RemoveNetworkResponse{}
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +549,7 @@ func (x *RemoveNetworkResponse) String() string {
 func (*RemoveNetworkResponse) ProtoMessage() {}
 
 func (x *RemoveNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[7]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +562,7 @@ func (x *RemoveNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNetworkResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{7}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 type CreateServiceRequest struct {
@@ -367,7 +574,7 @@ type CreateServiceRequest struct {
 
 func (x *CreateServiceRequest) Reset() {
 	*x = CreateServiceRequest{}
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +586,7 @@ func (x *CreateServiceRequest) String() string {
 func (*CreateServiceRequest) ProtoMessage() {}
 
 func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[8]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +599,7 @@ func (x *CreateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceRequest.ProtoReflect.Descriptor instead.
 func (*CreateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{8}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
@@ -411,7 +618,7 @@ type CreateServiceResponse struct {
 
 func (x *CreateServiceResponse) Reset() {
 	*x = CreateServiceResponse{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +630,7 @@ func (x *CreateServiceResponse) String() string {
 func (*CreateServiceResponse) ProtoMessage() {}
 
 func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +643,7 @@ func (x *CreateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateServiceResponse.ProtoReflect.Descriptor instead.
 func (*CreateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateServiceResponse) GetService() *Service {
@@ -456,7 +663,7 @@ type GetServiceRequest struct {
 
 func (x *GetServiceRequest) Reset() {
 	*x = GetServiceRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +675,7 @@ func (x *GetServiceRequest) String() string {
 func (*GetServiceRequest) ProtoMessage() {}
 
 func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +688,7 @@ func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
 func (*GetServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetServiceRequest) GetService() string {
@@ -500,7 +707,7 @@ type GetServiceResponse struct {
 
 func (x *GetServiceResponse) Reset() {
 	*x = GetServiceResponse{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +719,7 @@ func (x *GetServiceResponse) String() string {
 func (*GetServiceResponse) ProtoMessage() {}
 
 func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +732,7 @@ func (x *GetServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServiceResponse.ProtoReflect.Descriptor instead.
 func (*GetServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetServiceResponse) GetService() *Service {
@@ -545,7 +752,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +764,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +777,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListServicesRequest) GetNames() []string {
@@ -589,7 +796,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +808,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +821,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -635,7 +842,7 @@ type UpdateServiceRequest struct {
 
 func (x *UpdateServiceRequest) Reset() {
 	*x = UpdateServiceRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +854,7 @@ func (x *UpdateServiceRequest) String() string {
 func (*UpdateServiceRequest) ProtoMessage() {}
 
 func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +867,7 @@ func (x *UpdateServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateServiceRequest) GetServiceId() string {
@@ -693,7 +900,7 @@ type UpdateServiceResponse struct {
 
 func (x *UpdateServiceResponse) Reset() {
 	*x = UpdateServiceResponse{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +912,7 @@ func (x *UpdateServiceResponse) String() string {
 func (*UpdateServiceResponse) ProtoMessage() {}
 
 func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +925,7 @@ func (x *UpdateServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateServiceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateServiceResponse) GetService() *Service {
@@ -737,7 +944,7 @@ type RemoveServiceRequest struct {
 
 func (x *RemoveServiceRequest) Reset() {
 	*x = RemoveServiceRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +956,7 @@ func (x *RemoveServiceRequest) String() string {
 func (*RemoveServiceRequest) ProtoMessage() {}
 
 func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +969,7 @@ func (x *RemoveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveServiceRequest) GetService() string {
@@ -780,7 +987,7 @@ type RemoveServiceResponse struct {
 
 func (x *RemoveServiceResponse) Reset() {
 	*x = RemoveServiceResponse{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +999,7 @@ func (x *RemoveServiceResponse) String() string {
 func (*RemoveServiceResponse) ProtoMessage() {}
 
 func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1012,7 @@ func (x *RemoveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServiceResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 type GetTaskRequest struct {
@@ -817,7 +1024,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +1036,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +1049,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetTaskRequest) GetTask() string {
@@ -861,7 +1068,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1080,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1093,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -908,7 +1115,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1127,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1140,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListTasksRequest) GetServiceIds() []string {
@@ -966,7 +1173,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1185,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1198,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1010,7 +1217,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1229,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1242,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetNodeRequest) GetNode() string {
@@ -1054,7 +1261,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1273,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1286,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1101,7 +1308,7 @@ type UpdateNodeRequest struct {
 
 func (x *UpdateNodeRequest) Reset() {
 	*x = UpdateNodeRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1320,7 @@ func (x *UpdateNodeRequest) String() string {
 func (*UpdateNodeRequest) ProtoMessage() {}
 
 func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1333,7 @@ func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateNodeRequest) GetNode() string {
@@ -1159,7 +1366,7 @@ type UpdateNodeResponse struct {
 
 func (x *UpdateNodeResponse) Reset() {
 	*x = UpdateNodeResponse{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1378,7 @@ func (x *UpdateNodeResponse) String() string {
 func (*UpdateNodeResponse) ProtoMessage() {}
 
 func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1391,7 @@ func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateNodeResponse) GetNode() *Node {
@@ -1204,7 +1411,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1423,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1436,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveNodeRequest) GetNode() string {
@@ -1254,7 +1461,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1473,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1486,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 type SetNodeRoleRequest struct {
@@ -1292,7 +1499,7 @@ type SetNodeRoleRequest struct {
 
 func (x *SetNodeRoleRequest) Reset() {
 	*x = SetNodeRoleRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1511,7 @@ func (x *SetNodeRoleRequest) String() string {
 func (*SetNodeRoleRequest) ProtoMessage() {}
 
 func (x *SetNodeRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1524,7 @@ func (x *SetNodeRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeRoleRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetNodeRoleRequest) GetNode() string {
@@ -1343,7 +1550,7 @@ type SetNodeRoleResponse struct {
 
 func (x *SetNodeRoleResponse) Reset() {
 	*x = SetNodeRoleResponse{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1562,7 @@ func (x *SetNodeRoleResponse) String() string {
 func (*SetNodeRoleResponse) ProtoMessage() {}
 
 func (x *SetNodeRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1575,7 @@ func (x *SetNodeRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetNodeRoleResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetNodeRoleResponse) GetNode() *Node {
@@ -1386,7 +1593,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1605,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1618,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 type ListNodesResponse struct {
@@ -1423,7 +1630,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1642,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1655,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1468,7 +1675,7 @@ type GetJoinTokenRequest struct {
 
 func (x *GetJoinTokenRequest) Reset() {
 	*x = GetJoinTokenRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1687,7 @@ func (x *GetJoinTokenRequest) String() string {
 func (*GetJoinTokenRequest) ProtoMessage() {}
 
 func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1700,7 @@ func (x *GetJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetJoinTokenRequest) GetRole() NodeRole {
@@ -1521,7 +1728,7 @@ type GetJoinTokenResponse struct {
 
 func (x *GetJoinTokenResponse) Reset() {
 	*x = GetJoinTokenResponse{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1740,7 @@ func (x *GetJoinTokenResponse) String() string {
 func (*GetJoinTokenResponse) ProtoMessage() {}
 
 func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1753,7 @@ func (x *GetJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetJoinTokenResponse) GetToken() string {
@@ -1572,7 +1779,7 @@ type GetOperatorTokenRequest struct {
 
 func (x *GetOperatorTokenRequest) Reset() {
 	*x = GetOperatorTokenRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1791,7 @@ func (x *GetOperatorTokenRequest) String() string {
 func (*GetOperatorTokenRequest) ProtoMessage() {}
 
 func (x *GetOperatorTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1804,7 @@ func (x *GetOperatorTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperatorTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetOperatorTokenRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetOperatorTokenRequest) GetRotate() bool {
@@ -1616,7 +1823,7 @@ type GetOperatorTokenResponse struct {
 
 func (x *GetOperatorTokenResponse) Reset() {
 	*x = GetOperatorTokenResponse{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1835,7 @@ func (x *GetOperatorTokenResponse) String() string {
 func (*GetOperatorTokenResponse) ProtoMessage() {}
 
 func (x *GetOperatorTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1848,7 @@ func (x *GetOperatorTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperatorTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetOperatorTokenResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetOperatorTokenResponse) GetToken() string {
@@ -1659,7 +1866,7 @@ type RotateGossipKeyRequest struct {
 
 func (x *RotateGossipKeyRequest) Reset() {
 	*x = RotateGossipKeyRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1878,7 @@ func (x *RotateGossipKeyRequest) String() string {
 func (*RotateGossipKeyRequest) ProtoMessage() {}
 
 func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1891,7 @@ func (x *RotateGossipKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 type RotateGossipKeyResponse struct {
@@ -1695,7 +1902,7 @@ type RotateGossipKeyResponse struct {
 
 func (x *RotateGossipKeyResponse) Reset() {
 	*x = RotateGossipKeyResponse{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1914,7 @@ func (x *RotateGossipKeyResponse) String() string {
 func (*RotateGossipKeyResponse) ProtoMessage() {}
 
 func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1927,7 @@ func (x *RotateGossipKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGossipKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateGossipKeyResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 type GetClusterRequest struct {
@@ -1731,7 +1938,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1743,7 +1950,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1756,7 +1963,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 type GetClusterResponse struct {
@@ -1768,7 +1975,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +1987,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +2000,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1807,7 +2014,24 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"A\n" +
+	"\rcontrol.proto\x12\bshoal.v1\x1a\robjects.proto\"q\n" +
+	"\x15ConnectNetworkRequest\x12\x1a\n" +
+	"\bnetworks\x18\x01 \x03(\tR\bnetworks\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05netns\x18\x03 \x01(\tR\x05netns\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"H\n" +
+	"\x16ConnectNetworkResponse\x12.\n" +
+	"\n" +
+	"attachment\x18\x01 \x01(\v2\x0e.shoal.v1.TaskR\n" +
+	"attachment\":\n" +
+	"\x18DisconnectNetworkRequest\x12\x1e\n" +
+	"\n" +
+	"attachment\x18\x01 \x01(\tR\n" +
+	"attachment\"K\n" +
+	"\x19DisconnectNetworkResponse\x12.\n" +
+	"\n" +
+	"attachment\x18\x01 \x01(\v2\x0e.shoal.v1.TaskR\n" +
+	"attachment\"A\n" +
 	"\x14CreateNetworkRequest\x12)\n" +
 	"\x04spec\x18\x01 \x01(\v2\x15.shoal.v1.NetworkSpecR\x04spec\"D\n" +
 	"\x15CreateNetworkResponse\x12+\n" +
@@ -1891,7 +2115,7 @@ const file_control_proto_rawDesc = "" +
 	"\x17RotateGossipKeyResponse\"\x13\n" +
 	"\x11GetClusterRequest\"A\n" +
 	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\x88\f\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.shoal.v1.ClusterR\acluster2\xbb\r\n" +
 	"\aControl\x12P\n" +
 	"\rCreateService\x12\x1e.shoal.v1.CreateServiceRequest\x1a\x1f.shoal.v1.CreateServiceResponse\x12G\n" +
 	"\n" +
@@ -1917,7 +2141,9 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"GetNetwork\x12\x1b.shoal.v1.GetNetworkRequest\x1a\x1c.shoal.v1.GetNetworkResponse\x12M\n" +
 	"\fListNetworks\x12\x1d.shoal.v1.ListNetworksRequest\x1a\x1e.shoal.v1.ListNetworksResponse\x12P\n" +
-	"\rRemoveNetwork\x12\x1e.shoal.v1.RemoveNetworkRequest\x1a\x1f.shoal.v1.RemoveNetworkResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
+	"\rRemoveNetwork\x12\x1e.shoal.v1.RemoveNetworkRequest\x1a\x1f.shoal.v1.RemoveNetworkResponse\x12S\n" +
+	"\x0eConnectNetwork\x12\x1f.shoal.v1.ConnectNetworkRequest\x1a .shoal.v1.ConnectNetworkResponse\x12\\\n" +
+	"\x11DisconnectNetwork\x12\".shoal.v1.DisconnectNetworkRequest\x1a#.shoal.v1.DisconnectNetworkResponseB.Z,github.com/shoal-project/shoal/proto;shoalpbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1931,126 +2157,136 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_control_proto_goTypes = []any{
-	(*CreateNetworkRequest)(nil),     // 0: shoal.v1.CreateNetworkRequest
-	(*CreateNetworkResponse)(nil),    // 1: shoal.v1.CreateNetworkResponse
-	(*GetNetworkRequest)(nil),        // 2: shoal.v1.GetNetworkRequest
-	(*GetNetworkResponse)(nil),       // 3: shoal.v1.GetNetworkResponse
-	(*ListNetworksRequest)(nil),      // 4: shoal.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),     // 5: shoal.v1.ListNetworksResponse
-	(*RemoveNetworkRequest)(nil),     // 6: shoal.v1.RemoveNetworkRequest
-	(*RemoveNetworkResponse)(nil),    // 7: shoal.v1.RemoveNetworkResponse
-	(*CreateServiceRequest)(nil),     // 8: shoal.v1.CreateServiceRequest
-	(*CreateServiceResponse)(nil),    // 9: shoal.v1.CreateServiceResponse
-	(*GetServiceRequest)(nil),        // 10: shoal.v1.GetServiceRequest
-	(*GetServiceResponse)(nil),       // 11: shoal.v1.GetServiceResponse
-	(*ListServicesRequest)(nil),      // 12: shoal.v1.ListServicesRequest
-	(*ListServicesResponse)(nil),     // 13: shoal.v1.ListServicesResponse
-	(*UpdateServiceRequest)(nil),     // 14: shoal.v1.UpdateServiceRequest
-	(*UpdateServiceResponse)(nil),    // 15: shoal.v1.UpdateServiceResponse
-	(*RemoveServiceRequest)(nil),     // 16: shoal.v1.RemoveServiceRequest
-	(*RemoveServiceResponse)(nil),    // 17: shoal.v1.RemoveServiceResponse
-	(*GetTaskRequest)(nil),           // 18: shoal.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),          // 19: shoal.v1.GetTaskResponse
-	(*ListTasksRequest)(nil),         // 20: shoal.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),        // 21: shoal.v1.ListTasksResponse
-	(*GetNodeRequest)(nil),           // 22: shoal.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),          // 23: shoal.v1.GetNodeResponse
-	(*UpdateNodeRequest)(nil),        // 24: shoal.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),       // 25: shoal.v1.UpdateNodeResponse
-	(*RemoveNodeRequest)(nil),        // 26: shoal.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),       // 27: shoal.v1.RemoveNodeResponse
-	(*SetNodeRoleRequest)(nil),       // 28: shoal.v1.SetNodeRoleRequest
-	(*SetNodeRoleResponse)(nil),      // 29: shoal.v1.SetNodeRoleResponse
-	(*ListNodesRequest)(nil),         // 30: shoal.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),        // 31: shoal.v1.ListNodesResponse
-	(*GetJoinTokenRequest)(nil),      // 32: shoal.v1.GetJoinTokenRequest
-	(*GetJoinTokenResponse)(nil),     // 33: shoal.v1.GetJoinTokenResponse
-	(*GetOperatorTokenRequest)(nil),  // 34: shoal.v1.GetOperatorTokenRequest
-	(*GetOperatorTokenResponse)(nil), // 35: shoal.v1.GetOperatorTokenResponse
-	(*RotateGossipKeyRequest)(nil),   // 36: shoal.v1.RotateGossipKeyRequest
-	(*RotateGossipKeyResponse)(nil),  // 37: shoal.v1.RotateGossipKeyResponse
-	(*GetClusterRequest)(nil),        // 38: shoal.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),       // 39: shoal.v1.GetClusterResponse
-	(*NetworkSpec)(nil),              // 40: shoal.v1.NetworkSpec
-	(*Network)(nil),                  // 41: shoal.v1.Network
-	(*ServiceSpec)(nil),              // 42: shoal.v1.ServiceSpec
-	(*Service)(nil),                  // 43: shoal.v1.Service
-	(*Task)(nil),                     // 44: shoal.v1.Task
-	(TaskState)(0),                   // 45: shoal.v1.TaskState
-	(*Node)(nil),                     // 46: shoal.v1.Node
-	(*NodeSpec)(nil),                 // 47: shoal.v1.NodeSpec
-	(NodeRole)(0),                    // 48: shoal.v1.NodeRole
-	(*Cluster)(nil),                  // 49: shoal.v1.Cluster
+	(*ConnectNetworkRequest)(nil),     // 0: shoal.v1.ConnectNetworkRequest
+	(*ConnectNetworkResponse)(nil),    // 1: shoal.v1.ConnectNetworkResponse
+	(*DisconnectNetworkRequest)(nil),  // 2: shoal.v1.DisconnectNetworkRequest
+	(*DisconnectNetworkResponse)(nil), // 3: shoal.v1.DisconnectNetworkResponse
+	(*CreateNetworkRequest)(nil),      // 4: shoal.v1.CreateNetworkRequest
+	(*CreateNetworkResponse)(nil),     // 5: shoal.v1.CreateNetworkResponse
+	(*GetNetworkRequest)(nil),         // 6: shoal.v1.GetNetworkRequest
+	(*GetNetworkResponse)(nil),        // 7: shoal.v1.GetNetworkResponse
+	(*ListNetworksRequest)(nil),       // 8: shoal.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),      // 9: shoal.v1.ListNetworksResponse
+	(*RemoveNetworkRequest)(nil),      // 10: shoal.v1.RemoveNetworkRequest
+	(*RemoveNetworkResponse)(nil),     // 11: shoal.v1.RemoveNetworkResponse
+	(*CreateServiceRequest)(nil),      // 12: shoal.v1.CreateServiceRequest
+	(*CreateServiceResponse)(nil),     // 13: shoal.v1.CreateServiceResponse
+	(*GetServiceRequest)(nil),         // 14: shoal.v1.GetServiceRequest
+	(*GetServiceResponse)(nil),        // 15: shoal.v1.GetServiceResponse
+	(*ListServicesRequest)(nil),       // 16: shoal.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),      // 17: shoal.v1.ListServicesResponse
+	(*UpdateServiceRequest)(nil),      // 18: shoal.v1.UpdateServiceRequest
+	(*UpdateServiceResponse)(nil),     // 19: shoal.v1.UpdateServiceResponse
+	(*RemoveServiceRequest)(nil),      // 20: shoal.v1.RemoveServiceRequest
+	(*RemoveServiceResponse)(nil),     // 21: shoal.v1.RemoveServiceResponse
+	(*GetTaskRequest)(nil),            // 22: shoal.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),           // 23: shoal.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),          // 24: shoal.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),         // 25: shoal.v1.ListTasksResponse
+	(*GetNodeRequest)(nil),            // 26: shoal.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),           // 27: shoal.v1.GetNodeResponse
+	(*UpdateNodeRequest)(nil),         // 28: shoal.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),        // 29: shoal.v1.UpdateNodeResponse
+	(*RemoveNodeRequest)(nil),         // 30: shoal.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),        // 31: shoal.v1.RemoveNodeResponse
+	(*SetNodeRoleRequest)(nil),        // 32: shoal.v1.SetNodeRoleRequest
+	(*SetNodeRoleResponse)(nil),       // 33: shoal.v1.SetNodeRoleResponse
+	(*ListNodesRequest)(nil),          // 34: shoal.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 35: shoal.v1.ListNodesResponse
+	(*GetJoinTokenRequest)(nil),       // 36: shoal.v1.GetJoinTokenRequest
+	(*GetJoinTokenResponse)(nil),      // 37: shoal.v1.GetJoinTokenResponse
+	(*GetOperatorTokenRequest)(nil),   // 38: shoal.v1.GetOperatorTokenRequest
+	(*GetOperatorTokenResponse)(nil),  // 39: shoal.v1.GetOperatorTokenResponse
+	(*RotateGossipKeyRequest)(nil),    // 40: shoal.v1.RotateGossipKeyRequest
+	(*RotateGossipKeyResponse)(nil),   // 41: shoal.v1.RotateGossipKeyResponse
+	(*GetClusterRequest)(nil),         // 42: shoal.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),        // 43: shoal.v1.GetClusterResponse
+	(*Task)(nil),                      // 44: shoal.v1.Task
+	(*NetworkSpec)(nil),               // 45: shoal.v1.NetworkSpec
+	(*Network)(nil),                   // 46: shoal.v1.Network
+	(*ServiceSpec)(nil),               // 47: shoal.v1.ServiceSpec
+	(*Service)(nil),                   // 48: shoal.v1.Service
+	(TaskState)(0),                    // 49: shoal.v1.TaskState
+	(*Node)(nil),                      // 50: shoal.v1.Node
+	(*NodeSpec)(nil),                  // 51: shoal.v1.NodeSpec
+	(NodeRole)(0),                     // 52: shoal.v1.NodeRole
+	(*Cluster)(nil),                   // 53: shoal.v1.Cluster
 }
 var file_control_proto_depIdxs = []int32{
-	40, // 0: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
-	41, // 1: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
-	41, // 2: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
-	41, // 3: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
-	42, // 4: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	43, // 5: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
-	43, // 6: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
-	43, // 7: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
-	42, // 8: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
-	43, // 9: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
-	44, // 10: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
-	45, // 11: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
-	44, // 12: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
-	46, // 13: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
-	47, // 14: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
-	46, // 15: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
-	48, // 16: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
-	46, // 17: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
-	46, // 18: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
-	48, // 19: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
-	49, // 20: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
-	8,  // 21: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
-	10, // 22: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
-	12, // 23: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
-	14, // 24: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
-	16, // 25: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
-	18, // 26: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
-	20, // 27: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
-	22, // 28: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
-	30, // 29: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
-	24, // 30: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
-	26, // 31: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
-	28, // 32: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
-	38, // 33: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	32, // 34: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
-	34, // 35: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
-	36, // 36: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
-	0,  // 37: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
-	2,  // 38: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
-	4,  // 39: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
-	6,  // 40: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
-	9,  // 41: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
-	11, // 42: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
-	13, // 43: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
-	15, // 44: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
-	17, // 45: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
-	19, // 46: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
-	21, // 47: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
-	23, // 48: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
-	31, // 49: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
-	25, // 50: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
-	27, // 51: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
-	29, // 52: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
-	39, // 53: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
-	33, // 54: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
-	35, // 55: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
-	37, // 56: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
-	1,  // 57: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
-	3,  // 58: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
-	5,  // 59: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
-	7,  // 60: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
-	41, // [41:61] is the sub-list for method output_type
-	21, // [21:41] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	44, // 0: shoal.v1.ConnectNetworkResponse.attachment:type_name -> shoal.v1.Task
+	44, // 1: shoal.v1.DisconnectNetworkResponse.attachment:type_name -> shoal.v1.Task
+	45, // 2: shoal.v1.CreateNetworkRequest.spec:type_name -> shoal.v1.NetworkSpec
+	46, // 3: shoal.v1.CreateNetworkResponse.network:type_name -> shoal.v1.Network
+	46, // 4: shoal.v1.GetNetworkResponse.network:type_name -> shoal.v1.Network
+	46, // 5: shoal.v1.ListNetworksResponse.networks:type_name -> shoal.v1.Network
+	47, // 6: shoal.v1.CreateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 7: shoal.v1.CreateServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 8: shoal.v1.GetServiceResponse.service:type_name -> shoal.v1.Service
+	48, // 9: shoal.v1.ListServicesResponse.services:type_name -> shoal.v1.Service
+	47, // 10: shoal.v1.UpdateServiceRequest.spec:type_name -> shoal.v1.ServiceSpec
+	48, // 11: shoal.v1.UpdateServiceResponse.service:type_name -> shoal.v1.Service
+	44, // 12: shoal.v1.GetTaskResponse.task:type_name -> shoal.v1.Task
+	49, // 13: shoal.v1.ListTasksRequest.desired_states:type_name -> shoal.v1.TaskState
+	44, // 14: shoal.v1.ListTasksResponse.tasks:type_name -> shoal.v1.Task
+	50, // 15: shoal.v1.GetNodeResponse.node:type_name -> shoal.v1.Node
+	51, // 16: shoal.v1.UpdateNodeRequest.spec:type_name -> shoal.v1.NodeSpec
+	50, // 17: shoal.v1.UpdateNodeResponse.node:type_name -> shoal.v1.Node
+	52, // 18: shoal.v1.SetNodeRoleRequest.role:type_name -> shoal.v1.NodeRole
+	50, // 19: shoal.v1.SetNodeRoleResponse.node:type_name -> shoal.v1.Node
+	50, // 20: shoal.v1.ListNodesResponse.nodes:type_name -> shoal.v1.Node
+	52, // 21: shoal.v1.GetJoinTokenRequest.role:type_name -> shoal.v1.NodeRole
+	53, // 22: shoal.v1.GetClusterResponse.cluster:type_name -> shoal.v1.Cluster
+	12, // 23: shoal.v1.Control.CreateService:input_type -> shoal.v1.CreateServiceRequest
+	14, // 24: shoal.v1.Control.GetService:input_type -> shoal.v1.GetServiceRequest
+	16, // 25: shoal.v1.Control.ListServices:input_type -> shoal.v1.ListServicesRequest
+	18, // 26: shoal.v1.Control.UpdateService:input_type -> shoal.v1.UpdateServiceRequest
+	20, // 27: shoal.v1.Control.RemoveService:input_type -> shoal.v1.RemoveServiceRequest
+	22, // 28: shoal.v1.Control.GetTask:input_type -> shoal.v1.GetTaskRequest
+	24, // 29: shoal.v1.Control.ListTasks:input_type -> shoal.v1.ListTasksRequest
+	26, // 30: shoal.v1.Control.GetNode:input_type -> shoal.v1.GetNodeRequest
+	34, // 31: shoal.v1.Control.ListNodes:input_type -> shoal.v1.ListNodesRequest
+	28, // 32: shoal.v1.Control.UpdateNode:input_type -> shoal.v1.UpdateNodeRequest
+	30, // 33: shoal.v1.Control.RemoveNode:input_type -> shoal.v1.RemoveNodeRequest
+	32, // 34: shoal.v1.Control.SetNodeRole:input_type -> shoal.v1.SetNodeRoleRequest
+	42, // 35: shoal.v1.Control.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	36, // 36: shoal.v1.Control.GetJoinToken:input_type -> shoal.v1.GetJoinTokenRequest
+	38, // 37: shoal.v1.Control.GetOperatorToken:input_type -> shoal.v1.GetOperatorTokenRequest
+	40, // 38: shoal.v1.Control.RotateGossipKey:input_type -> shoal.v1.RotateGossipKeyRequest
+	4,  // 39: shoal.v1.Control.CreateNetwork:input_type -> shoal.v1.CreateNetworkRequest
+	6,  // 40: shoal.v1.Control.GetNetwork:input_type -> shoal.v1.GetNetworkRequest
+	8,  // 41: shoal.v1.Control.ListNetworks:input_type -> shoal.v1.ListNetworksRequest
+	10, // 42: shoal.v1.Control.RemoveNetwork:input_type -> shoal.v1.RemoveNetworkRequest
+	0,  // 43: shoal.v1.Control.ConnectNetwork:input_type -> shoal.v1.ConnectNetworkRequest
+	2,  // 44: shoal.v1.Control.DisconnectNetwork:input_type -> shoal.v1.DisconnectNetworkRequest
+	13, // 45: shoal.v1.Control.CreateService:output_type -> shoal.v1.CreateServiceResponse
+	15, // 46: shoal.v1.Control.GetService:output_type -> shoal.v1.GetServiceResponse
+	17, // 47: shoal.v1.Control.ListServices:output_type -> shoal.v1.ListServicesResponse
+	19, // 48: shoal.v1.Control.UpdateService:output_type -> shoal.v1.UpdateServiceResponse
+	21, // 49: shoal.v1.Control.RemoveService:output_type -> shoal.v1.RemoveServiceResponse
+	23, // 50: shoal.v1.Control.GetTask:output_type -> shoal.v1.GetTaskResponse
+	25, // 51: shoal.v1.Control.ListTasks:output_type -> shoal.v1.ListTasksResponse
+	27, // 52: shoal.v1.Control.GetNode:output_type -> shoal.v1.GetNodeResponse
+	35, // 53: shoal.v1.Control.ListNodes:output_type -> shoal.v1.ListNodesResponse
+	29, // 54: shoal.v1.Control.UpdateNode:output_type -> shoal.v1.UpdateNodeResponse
+	31, // 55: shoal.v1.Control.RemoveNode:output_type -> shoal.v1.RemoveNodeResponse
+	33, // 56: shoal.v1.Control.SetNodeRole:output_type -> shoal.v1.SetNodeRoleResponse
+	43, // 57: shoal.v1.Control.GetCluster:output_type -> shoal.v1.GetClusterResponse
+	37, // 58: shoal.v1.Control.GetJoinToken:output_type -> shoal.v1.GetJoinTokenResponse
+	39, // 59: shoal.v1.Control.GetOperatorToken:output_type -> shoal.v1.GetOperatorTokenResponse
+	41, // 60: shoal.v1.Control.RotateGossipKey:output_type -> shoal.v1.RotateGossipKeyResponse
+	5,  // 61: shoal.v1.Control.CreateNetwork:output_type -> shoal.v1.CreateNetworkResponse
+	7,  // 62: shoal.v1.Control.GetNetwork:output_type -> shoal.v1.GetNetworkResponse
+	9,  // 63: shoal.v1.Control.ListNetworks:output_type -> shoal.v1.ListNetworksResponse
+	11, // 64: shoal.v1.Control.RemoveNetwork:output_type -> shoal.v1.RemoveNetworkResponse
+	1,  // 65: shoal.v1.Control.ConnectNetwork:output_type -> shoal.v1.ConnectNetworkResponse
+	3,  // 66: shoal.v1.Control.DisconnectNetwork:output_type -> shoal.v1.DisconnectNetworkResponse
+	45, // [45:67] is the sub-list for method output_type
+	23, // [23:45] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2065,7 +2301,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,26 +19,28 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_CreateService_FullMethodName    = "/shoal.v1.Control/CreateService"
-	Control_GetService_FullMethodName       = "/shoal.v1.Control/GetService"
-	Control_ListServices_FullMethodName     = "/shoal.v1.Control/ListServices"
-	Control_UpdateService_FullMethodName    = "/shoal.v1.Control/UpdateService"
-	Control_RemoveService_FullMethodName    = "/shoal.v1.Control/RemoveService"
-	Control_GetTask_FullMethodName          = "/shoal.v1.Control/GetTask"
-	Control_ListTasks_FullMethodName        = "/shoal.v1.Control/ListTasks"
-	Control_GetNode_FullMethodName          = "/shoal.v1.Control/GetNode"
-	Control_ListNodes_FullMethodName        = "/shoal.v1.Control/ListNodes"
-	Control_UpdateNode_FullMethodName       = "/shoal.v1.Control/UpdateNode"
-	Control_RemoveNode_FullMethodName       = "/shoal.v1.Control/RemoveNode"
-	Control_SetNodeRole_FullMethodName      = "/shoal.v1.Control/SetNodeRole"
-	Control_GetCluster_FullMethodName       = "/shoal.v1.Control/GetCluster"
-	Control_GetJoinToken_FullMethodName     = "/shoal.v1.Control/GetJoinToken"
-	Control_GetOperatorToken_FullMethodName = "/shoal.v1.Control/GetOperatorToken"
-	Control_RotateGossipKey_FullMethodName  = "/shoal.v1.Control/RotateGossipKey"
-	Control_CreateNetwork_FullMethodName    = "/shoal.v1.Control/CreateNetwork"
-	Control_GetNetwork_FullMethodName       = "/shoal.v1.Control/GetNetwork"
-	Control_ListNetworks_FullMethodName     = "/shoal.v1.Control/ListNetworks"
-	Control_RemoveNetwork_FullMethodName    = "/shoal.v1.Control/RemoveNetwork"
+	Control_CreateService_FullMethodName     = "/shoal.v1.Control/CreateService"
+	Control_GetService_FullMethodName        = "/shoal.v1.Control/GetService"
+	Control_ListServices_FullMethodName      = "/shoal.v1.Control/ListServices"
+	Control_UpdateService_FullMethodName     = "/shoal.v1.Control/UpdateService"
+	Control_RemoveService_FullMethodName     = "/shoal.v1.Control/RemoveService"
+	Control_GetTask_FullMethodName           = "/shoal.v1.Control/GetTask"
+	Control_ListTasks_FullMethodName         = "/shoal.v1.Control/ListTasks"
+	Control_GetNode_FullMethodName           = "/shoal.v1.Control/GetNode"
+	Control_ListNodes_FullMethodName         = "/shoal.v1.Control/ListNodes"
+	Control_UpdateNode_FullMethodName        = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName        = "/shoal.v1.Control/RemoveNode"
+	Control_SetNodeRole_FullMethodName       = "/shoal.v1.Control/SetNodeRole"
+	Control_GetCluster_FullMethodName        = "/shoal.v1.Control/GetCluster"
+	Control_GetJoinToken_FullMethodName      = "/shoal.v1.Control/GetJoinToken"
+	Control_GetOperatorToken_FullMethodName  = "/shoal.v1.Control/GetOperatorToken"
+	Control_RotateGossipKey_FullMethodName   = "/shoal.v1.Control/RotateGossipKey"
+	Control_CreateNetwork_FullMethodName     = "/shoal.v1.Control/CreateNetwork"
+	Control_GetNetwork_FullMethodName        = "/shoal.v1.Control/GetNetwork"
+	Control_ListNetworks_FullMethodName      = "/shoal.v1.Control/ListNetworks"
+	Control_RemoveNetwork_FullMethodName     = "/shoal.v1.Control/RemoveNetwork"
+	Control_ConnectNetwork_FullMethodName    = "/shoal.v1.Control/ConnectNetwork"
+	Control_DisconnectNetwork_FullMethodName = "/shoal.v1.Control/DisconnectNetwork"
 )
 
 // ControlClient is the client API for Control service.
@@ -87,6 +89,15 @@ type ControlClient interface {
 	// RemoveNetwork refuses with FAILED_PRECONDITION while a service or a
 	// task uses the network, naming them.
 	RemoveNetwork(ctx context.Context, in *RemoveNetworkRequest, opts ...grpc.CallOption) (*RemoveNetworkResponse, error)
+	// ConnectNetwork joins a network namespace on a node to attachable
+	// networks: it stores an attachment task (Task.attachment), which the
+	// managers allocate addresses for and the node's agent plugs in. A
+	// network that is not attachable is refused with FAILED_PRECONDITION,
+	// a namespace already attached on that node with ALREADY_EXISTS.
+	ConnectNetwork(ctx context.Context, in *ConnectNetworkRequest, opts ...grpc.CallOption) (*ConnectNetworkResponse, error)
+	// DisconnectNetwork asks the node to unplug an attachment, which is
+	// deleted once it has (or at once when it never reached its node).
+	DisconnectNetwork(ctx context.Context, in *DisconnectNetworkRequest, opts ...grpc.CallOption) (*DisconnectNetworkResponse, error)
 }
 
 type controlClient struct {
@@ -297,6 +308,26 @@ func (c *controlClient) RemoveNetwork(ctx context.Context, in *RemoveNetworkRequ
 	return out, nil
 }
 
+func (c *controlClient) ConnectNetwork(ctx context.Context, in *ConnectNetworkRequest, opts ...grpc.CallOption) (*ConnectNetworkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectNetworkResponse)
+	err := c.cc.Invoke(ctx, Control_ConnectNetwork_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) DisconnectNetwork(ctx context.Context, in *DisconnectNetworkRequest, opts ...grpc.CallOption) (*DisconnectNetworkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DisconnectNetworkResponse)
+	err := c.cc.Invoke(ctx, Control_DisconnectNetwork_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -343,6 +374,15 @@ type ControlServer interface {
 	// RemoveNetwork refuses with FAILED_PRECONDITION while a service or a
 	// task uses the network, naming them.
 	RemoveNetwork(context.Context, *RemoveNetworkRequest) (*RemoveNetworkResponse, error)
+	// ConnectNetwork joins a network namespace on a node to attachable
+	// networks: it stores an attachment task (Task.attachment), which the
+	// managers allocate addresses for and the node's agent plugs in. A
+	// network that is not attachable is refused with FAILED_PRECONDITION,
+	// a namespace already attached on that node with ALREADY_EXISTS.
+	ConnectNetwork(context.Context, *ConnectNetworkRequest) (*ConnectNetworkResponse, error)
+	// DisconnectNetwork asks the node to unplug an attachment, which is
+	// deleted once it has (or at once when it never reached its node).
+	DisconnectNetwork(context.Context, *DisconnectNetworkRequest) (*DisconnectNetworkResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -412,6 +452,12 @@ func (UnimplementedControlServer) ListNetworks(context.Context, *ListNetworksReq
 }
 func (UnimplementedControlServer) RemoveNetwork(context.Context, *RemoveNetworkRequest) (*RemoveNetworkResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveNetwork not implemented")
+}
+func (UnimplementedControlServer) ConnectNetwork(context.Context, *ConnectNetworkRequest) (*ConnectNetworkResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConnectNetwork not implemented")
+}
+func (UnimplementedControlServer) DisconnectNetwork(context.Context, *DisconnectNetworkRequest) (*DisconnectNetworkResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DisconnectNetwork not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -794,6 +840,42 @@ func _Control_RemoveNetwork_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_ConnectNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectNetworkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ConnectNetwork(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ConnectNetwork_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ConnectNetwork(ctx, req.(*ConnectNetworkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_DisconnectNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisconnectNetworkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).DisconnectNetwork(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_DisconnectNetwork_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).DisconnectNetwork(ctx, req.(*DisconnectNetworkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -880,6 +962,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveNetwork",
 			Handler:    _Control_RemoveNetwork_Handler,
+		},
+		{
+			MethodName: "ConnectNetwork",
+			Handler:    _Control_ConnectNetwork_Handler,
+		},
+		{
+			MethodName: "DisconnectNetwork",
+			Handler:    _Control_DisconnectNetwork_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -548,7 +548,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30, 0}
+	return file_objects_proto_rawDescGZIP(), []int{31, 0}
 }
 
 // Meta is carried by every stored object.
@@ -2429,7 +2429,12 @@ type Task struct {
 	ServiceVersion uint64 `protobuf:"varint,10,opt,name=service_version,json=serviceVersion,proto3" json:"service_version,omitempty"`
 	// Networks are the task's overlay attachments, allocated before it is
 	// placed.
-	Networks      []*NetworkAttachment `protobuf:"bytes,11,rep,name=networks,proto3" json:"networks,omitempty"`
+	Networks []*NetworkAttachment `protobuf:"bytes,11,rep,name=networks,proto3" json:"networks,omitempty"`
+	// Attachment, when set, makes the task a standalone attachment (`shoal
+	// network connect`): no service and no container, but a network
+	// namespace on node_id joined to the attachable networks of
+	// spec.networks. service_id is empty.
+	Attachment    *Attachment `protobuf:"bytes,12,opt,name=attachment,proto3" json:"attachment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2541,6 +2546,83 @@ func (x *Task) GetNetworks() []*NetworkAttachment {
 	return nil
 }
 
+func (x *Task) GetAttachment() *Attachment {
+	if x != nil {
+		return x.Attachment
+	}
+	return nil
+}
+
+// Attachment is a network namespace that no Shoal service runs, joined to
+// attachable networks: a debugging shell's, or a container another
+// runtime started.
+type Attachment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Netns is the namespace's path on its node: a file under /run/netns
+	// (ip netns add) or /proc/PID/ns/net. The attachment ends when it is
+	// gone.
+	Netns string `protobuf:"bytes,1,opt,name=netns,proto3" json:"netns,omitempty"`
+	// Name identifies the attachment to `shoal network disconnect`; unique
+	// among the cluster's live attachments.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Interfaces are the namespace's overlay interfaces, one per network of
+	// the task in order (eth1, eth2, ... unless asked otherwise).
+	Interfaces    []string `protobuf:"bytes,3,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attachment) Reset() {
+	*x = Attachment{}
+	mi := &file_objects_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attachment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attachment) ProtoMessage() {}
+
+func (x *Attachment) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
+func (*Attachment) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Attachment) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
+func (x *Attachment) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Attachment) GetInterfaces() []string {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
 type ClusterSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2556,7 +2638,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2650,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2663,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -2632,7 +2714,7 @@ type ClusterSecurity struct {
 
 func (x *ClusterSecurity) Reset() {
 	*x = ClusterSecurity{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2726,7 @@ func (x *ClusterSecurity) String() string {
 func (*ClusterSecurity) ProtoMessage() {}
 
 func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2739,7 @@ func (x *ClusterSecurity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSecurity.ProtoReflect.Descriptor instead.
 func (*ClusterSecurity) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ClusterSecurity) GetCaCertPem() []byte {
@@ -2714,7 +2796,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2808,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2821,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Cluster) GetId() string {
@@ -2791,7 +2873,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2803,7 +2885,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2816,7 +2898,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2929,7 +3011,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2941,7 +3023,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2954,7 +3036,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2978,7 +3060,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3072,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3085,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -3222,7 +3304,7 @@ const file_objects_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x06 \x01(\tR\vcontainerId\x12\x10\n" +
 	"\x03pid\x18\a \x01(\x05R\x03pid\x12-\n" +
 	"\x06health\x18\b \x01(\x0e2\x15.shoal.v1.HealthStateR\x06health\x12\x1c\n" +
-	"\taddresses\x18\t \x03(\tR\taddresses\"\x9e\x03\n" +
+	"\taddresses\x18\t \x03(\tR\taddresses\"\xd4\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0e.shoal.v1.MetaR\x04meta\x12\x1d\n" +
@@ -3236,7 +3318,17 @@ const file_objects_proto_rawDesc = "" +
 	"\x06status\x18\t \x01(\v2\x14.shoal.v1.TaskStatusR\x06status\x12'\n" +
 	"\x0fservice_version\x18\n" +
 	" \x01(\x04R\x0eserviceVersion\x127\n" +
-	"\bnetworks\x18\v \x03(\v2\x1b.shoal.v1.NetworkAttachmentR\bnetworks\"\xa4\x01\n" +
+	"\bnetworks\x18\v \x03(\v2\x1b.shoal.v1.NetworkAttachmentR\bnetworks\x124\n" +
+	"\n" +
+	"attachment\x18\f \x01(\v2\x14.shoal.v1.AttachmentR\n" +
+	"attachment\"V\n" +
+	"\n" +
+	"Attachment\x12\x14\n" +
+	"\x05netns\x18\x01 \x01(\tR\x05netns\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"interfaces\x18\x03 \x03(\tR\n" +
+	"interfaces\"\xa4\x01\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x122\n" +
@@ -3328,7 +3420,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                   // 0: shoal.v1.NodeRole
 	(NodeAvailability)(0),           // 1: shoal.v1.NodeAvailability
@@ -3367,55 +3459,56 @@ var file_objects_proto_goTypes = []any{
 	(*Service)(nil),                 // 34: shoal.v1.Service
 	(*TaskStatus)(nil),              // 35: shoal.v1.TaskStatus
 	(*Task)(nil),                    // 36: shoal.v1.Task
-	(*ClusterSpec)(nil),             // 37: shoal.v1.ClusterSpec
-	(*ClusterSecurity)(nil),         // 38: shoal.v1.ClusterSecurity
-	(*Cluster)(nil),                 // 39: shoal.v1.Cluster
-	(*StoreAction)(nil),             // 40: shoal.v1.StoreAction
-	(*StoreRequest)(nil),            // 41: shoal.v1.StoreRequest
-	(*StoreSnapshot)(nil),           // 42: shoal.v1.StoreSnapshot
-	nil,                             // 43: shoal.v1.NodeSpec.LabelsEntry
-	nil,                             // 44: shoal.v1.NodeDescription.EngineLabelsEntry
-	nil,                             // 45: shoal.v1.ContainerSpec.LabelsEntry
-	nil,                             // 46: shoal.v1.NetworkSpec.LabelsEntry
-	nil,                             // 47: shoal.v1.ServiceSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
+	(*Attachment)(nil),              // 37: shoal.v1.Attachment
+	(*ClusterSpec)(nil),             // 38: shoal.v1.ClusterSpec
+	(*ClusterSecurity)(nil),         // 39: shoal.v1.ClusterSecurity
+	(*Cluster)(nil),                 // 40: shoal.v1.Cluster
+	(*StoreAction)(nil),             // 41: shoal.v1.StoreAction
+	(*StoreRequest)(nil),            // 42: shoal.v1.StoreRequest
+	(*StoreSnapshot)(nil),           // 43: shoal.v1.StoreSnapshot
+	nil,                             // 44: shoal.v1.NodeSpec.LabelsEntry
+	nil,                             // 45: shoal.v1.NodeDescription.EngineLabelsEntry
+	nil,                             // 46: shoal.v1.ContainerSpec.LabelsEntry
+	nil,                             // 47: shoal.v1.NetworkSpec.LabelsEntry
+	nil,                             // 48: shoal.v1.ServiceSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 50: google.protobuf.Duration
 }
 var file_objects_proto_depIdxs = []int32{
-	48, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
-	48, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
+	49, // 0: shoal.v1.Meta.created_at:type_name -> google.protobuf.Timestamp
+	49, // 1: shoal.v1.Meta.updated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: shoal.v1.NodeSpec.desired_role:type_name -> shoal.v1.NodeRole
 	1,  // 3: shoal.v1.NodeSpec.availability:type_name -> shoal.v1.NodeAvailability
-	43, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
+	44, // 4: shoal.v1.NodeSpec.labels:type_name -> shoal.v1.NodeSpec.LabelsEntry
 	12, // 5: shoal.v1.NodeDescription.platform:type_name -> shoal.v1.Platform
 	13, // 6: shoal.v1.NodeDescription.resources:type_name -> shoal.v1.Resources
-	44, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
+	45, // 7: shoal.v1.NodeDescription.engine_labels:type_name -> shoal.v1.NodeDescription.EngineLabelsEntry
 	2,  // 8: shoal.v1.NodeStatus.state:type_name -> shoal.v1.NodeState
-	48, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	49, // 9: shoal.v1.NodeStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
 	10, // 10: shoal.v1.Node.meta:type_name -> shoal.v1.Meta
 	11, // 11: shoal.v1.Node.spec:type_name -> shoal.v1.NodeSpec
 	14, // 12: shoal.v1.Node.description:type_name -> shoal.v1.NodeDescription
 	15, // 13: shoal.v1.Node.status:type_name -> shoal.v1.NodeStatus
 	0,  // 14: shoal.v1.Node.role:type_name -> shoal.v1.NodeRole
 	16, // 15: shoal.v1.Node.manager_status:type_name -> shoal.v1.ManagerStatus
-	45, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
-	49, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
+	46, // 16: shoal.v1.ContainerSpec.labels:type_name -> shoal.v1.ContainerSpec.LabelsEntry
+	50, // 17: shoal.v1.ContainerSpec.stop_grace_period:type_name -> google.protobuf.Duration
 	19, // 18: shoal.v1.ContainerSpec.resources:type_name -> shoal.v1.ResourceRequirements
 	13, // 19: shoal.v1.ResourceRequirements.limits:type_name -> shoal.v1.Resources
 	13, // 20: shoal.v1.ResourceRequirements.reservations:type_name -> shoal.v1.Resources
 	5,  // 21: shoal.v1.RestartPolicy.condition:type_name -> shoal.v1.RestartPolicy.Condition
-	49, // 22: shoal.v1.RestartPolicy.delay:type_name -> google.protobuf.Duration
-	49, // 23: shoal.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
+	50, // 22: shoal.v1.RestartPolicy.delay:type_name -> google.protobuf.Duration
+	50, // 23: shoal.v1.RestartPolicy.window:type_name -> google.protobuf.Duration
 	6,  // 24: shoal.v1.PortConfig.protocol:type_name -> shoal.v1.PortConfig.Protocol
 	7,  // 25: shoal.v1.PortConfig.publish_mode:type_name -> shoal.v1.PortConfig.PublishMode
 	21, // 26: shoal.v1.EndpointSpec.ports:type_name -> shoal.v1.PortConfig
 	8,  // 27: shoal.v1.EndpointSpec.mode:type_name -> shoal.v1.EndpointSpec.Mode
 	24, // 28: shoal.v1.ServiceEndpoint.virtual_ips:type_name -> shoal.v1.VirtualIP
-	46, // 29: shoal.v1.NetworkSpec.labels:type_name -> shoal.v1.NetworkSpec.LabelsEntry
+	47, // 29: shoal.v1.NetworkSpec.labels:type_name -> shoal.v1.NetworkSpec.LabelsEntry
 	10, // 30: shoal.v1.Network.meta:type_name -> shoal.v1.Meta
 	26, // 31: shoal.v1.Network.spec:type_name -> shoal.v1.NetworkSpec
 	32, // 32: shoal.v1.Placement.preferences:type_name -> shoal.v1.PlacementPreference
-	47, // 33: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
+	48, // 33: shoal.v1.ServiceSpec.labels:type_name -> shoal.v1.ServiceSpec.LabelsEntry
 	18, // 34: shoal.v1.ServiceSpec.container:type_name -> shoal.v1.ContainerSpec
 	31, // 35: shoal.v1.ServiceSpec.placement:type_name -> shoal.v1.Placement
 	20, // 36: shoal.v1.ServiceSpec.restart_policy:type_name -> shoal.v1.RestartPolicy
@@ -3426,7 +3519,7 @@ var file_objects_proto_depIdxs = []int32{
 	10, // 41: shoal.v1.Service.meta:type_name -> shoal.v1.Meta
 	33, // 42: shoal.v1.Service.spec:type_name -> shoal.v1.ServiceSpec
 	25, // 43: shoal.v1.Service.endpoint:type_name -> shoal.v1.ServiceEndpoint
-	48, // 44: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
+	49, // 44: shoal.v1.TaskStatus.timestamp:type_name -> google.protobuf.Timestamp
 	3,  // 45: shoal.v1.TaskStatus.state:type_name -> shoal.v1.TaskState
 	4,  // 46: shoal.v1.TaskStatus.health:type_name -> shoal.v1.HealthState
 	10, // 47: shoal.v1.Task.meta:type_name -> shoal.v1.Meta
@@ -3434,26 +3527,27 @@ var file_objects_proto_depIdxs = []int32{
 	3,  // 49: shoal.v1.Task.desired_state:type_name -> shoal.v1.TaskState
 	35, // 50: shoal.v1.Task.status:type_name -> shoal.v1.TaskStatus
 	28, // 51: shoal.v1.Task.networks:type_name -> shoal.v1.NetworkAttachment
-	10, // 52: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
-	37, // 53: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
-	38, // 54: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
-	9,  // 55: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
-	17, // 56: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
-	34, // 57: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
-	36, // 58: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
-	39, // 59: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
-	27, // 60: shoal.v1.StoreAction.network:type_name -> shoal.v1.Network
-	40, // 61: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
-	17, // 62: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
-	34, // 63: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
-	36, // 64: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
-	39, // 65: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
-	27, // 66: shoal.v1.StoreSnapshot.networks:type_name -> shoal.v1.Network
-	67, // [67:67] is the sub-list for method output_type
-	67, // [67:67] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	37, // 52: shoal.v1.Task.attachment:type_name -> shoal.v1.Attachment
+	10, // 53: shoal.v1.Cluster.meta:type_name -> shoal.v1.Meta
+	38, // 54: shoal.v1.Cluster.spec:type_name -> shoal.v1.ClusterSpec
+	39, // 55: shoal.v1.Cluster.security:type_name -> shoal.v1.ClusterSecurity
+	9,  // 56: shoal.v1.StoreAction.kind:type_name -> shoal.v1.StoreAction.Kind
+	17, // 57: shoal.v1.StoreAction.node:type_name -> shoal.v1.Node
+	34, // 58: shoal.v1.StoreAction.service:type_name -> shoal.v1.Service
+	36, // 59: shoal.v1.StoreAction.task:type_name -> shoal.v1.Task
+	40, // 60: shoal.v1.StoreAction.cluster:type_name -> shoal.v1.Cluster
+	27, // 61: shoal.v1.StoreAction.network:type_name -> shoal.v1.Network
+	41, // 62: shoal.v1.StoreRequest.actions:type_name -> shoal.v1.StoreAction
+	17, // 63: shoal.v1.StoreSnapshot.nodes:type_name -> shoal.v1.Node
+	34, // 64: shoal.v1.StoreSnapshot.services:type_name -> shoal.v1.Service
+	36, // 65: shoal.v1.StoreSnapshot.tasks:type_name -> shoal.v1.Task
+	40, // 66: shoal.v1.StoreSnapshot.clusters:type_name -> shoal.v1.Cluster
+	27, // 67: shoal.v1.StoreSnapshot.networks:type_name -> shoal.v1.Network
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3465,7 +3559,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[30].OneofWrappers = []any{
+	file_objects_proto_msgTypes[31].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -3478,7 +3572,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -99,8 +99,10 @@ func (f *ReadyFilter) Explain(nodes int) string { return plural(nodes, "not read
 // no new ones.
 type DrainFilter struct{}
 
-// SetTask implements Filter: availability applies to every task.
-func (f *DrainFilter) SetTask(*shoalpb.Task) bool { return true }
+// SetTask implements Filter: availability applies to every task but
+// network attachments, whose namespace already lives on their node (like
+// a standalone container that draining leaves alone).
+func (f *DrainFilter) SetTask(t *shoalpb.Task) bool { return t.GetAttachment() == nil }
 
 // Check implements Filter.
 func (f *DrainFilter) Check(n *NodeInfo) bool {
@@ -115,8 +117,9 @@ func (f *DrainFilter) Explain(nodes int) string { return plural(nodes, "drained"
 // node nobody has configured).
 type PauseFilter struct{}
 
-// SetTask implements Filter: availability applies to every task.
-func (f *PauseFilter) SetTask(*shoalpb.Task) bool { return true }
+// SetTask implements Filter: availability applies to every task but
+// network attachments (see DrainFilter).
+func (f *PauseFilter) SetTask(t *shoalpb.Task) bool { return t.GetAttachment() == nil }
 
 // Check implements Filter.
 func (f *PauseFilter) Check(n *NodeInfo) bool {

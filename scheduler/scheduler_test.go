@@ -31,6 +31,11 @@ func task(id, service string) *shoalpb.Task {
 	return &shoalpb.Task{Id: id, ServiceId: service}
 }
 
+// attachment is a network attachment task (shoal network connect).
+func attachment(id string) *shoalpb.Task {
+	return &shoalpb.Task{Id: id, Attachment: &shoalpb.Attachment{Netns: "/run/netns/" + id, Name: id}}
+}
+
 const (
 	down    = shoalpb.NodeState_NODE_STATE_DOWN
 	up      = shoalpb.NodeState_NODE_STATE_READY
@@ -94,6 +99,25 @@ func TestSchedule(t *testing.T) {
 				{TaskID: "t1", NodeID: "n4"},
 				{TaskID: "t2", NodeID: "n4"},
 			},
+		},
+		{
+			// The namespace of a network attachment is on its node
+			// already: only readiness counts.
+			name: "attachments ignore drain and pause but not readiness",
+			nodes: []NodeInfo{
+				node("n2", up, drained),
+			},
+			tasks: []*shoalpb.Task{attachment("a1"), task("t1", "web")},
+			want: []Result{
+				{TaskID: "a1", NodeID: "n2"},
+				{TaskID: "t1", Reason: "no suitable node (1 node drained)"},
+			},
+		},
+		{
+			name:  "an attachment waits for its node to be ready",
+			nodes: []NodeInfo{node("n3", down, paused)},
+			tasks: []*shoalpb.Task{attachment("a1")},
+			want:  []Result{{TaskID: "a1", Reason: "no suitable node (1 node not ready)"}},
 		},
 		{
 			name: "impossible placement says why",

@@ -40,6 +40,36 @@ type fakeDaemon struct {
 	updates        []*shoalpb.UpdateServiceRequest
 	loadChunks     int
 	loaded         []byte
+	// Attachments: ConnectNetwork records its request and answers with
+	// a NEW task "att1"; GetTask answers getTask(call), NotFound for nil.
+	connects     []*shoalpb.ConnectNetworkRequest
+	getTask      func(call int) *shoalpb.Task
+	getTaskCalls int
+}
+
+func (f *fakeDaemon) ConnectNetwork(_ context.Context, r *shoalpb.ConnectNetworkRequest) (*shoalpb.ConnectNetworkResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.connects = append(f.connects, r)
+	return &shoalpb.ConnectNetworkResponse{Attachment: &shoalpb.Task{
+		Id: "att1", NodeId: r.GetNode(), Status: &shoalpb.TaskStatus{State: shoalpb.TaskState_TASK_STATE_NEW},
+		Attachment: &shoalpb.Attachment{Netns: r.GetNetns(), Name: "dbg", Interfaces: []string{"eth1"}},
+	}}, nil
+}
+
+func (f *fakeDaemon) GetTask(_ context.Context, r *shoalpb.GetTaskRequest) (*shoalpb.GetTaskResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.getTaskCalls++
+	t := f.getTask(f.getTaskCalls)
+	if t == nil {
+		return nil, status.Errorf(codes.NotFound, "no such task: %s", r.GetTask())
+	}
+	return &shoalpb.GetTaskResponse{Task: t}, nil
+}
+
+func (f *fakeDaemon) ListNetworks(context.Context, *shoalpb.ListNetworksRequest) (*shoalpb.ListNetworksResponse, error) {
+	return &shoalpb.ListNetworksResponse{Networks: []*shoalpb.Network{{Id: "net1", Spec: &shoalpb.NetworkSpec{Name: "tools"}}}}, nil
 }
 
 // startFake serves f on a socket in a directory of the test's own and

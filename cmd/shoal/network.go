@@ -14,9 +14,11 @@ func newNetworkCmd(a *app) *cobra.Command {
 	return newGroupCmd("network", "Manage overlay networks",
 		`Create, list, inspect and remove overlay networks. An overlay network spans
 every host: containers of the services attached to it reach each other by
-address and by service name, wherever they run. Needs a manager (or the
-operator token on a worker).`,
-		newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkInspectCmd(a), newNetworkRmCmd(a))
+address and by service name, wherever they run. A namespace that no service
+runs joins attachable networks with 'network connect'. Needs a manager (or
+the operator token on a worker).`,
+		newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkInspectCmd(a), newNetworkRmCmd(a),
+		newNetworkConnectCmd(a), newNetworkDisconnectCmd(a), newNetworkAttachmentsCmd(a))
 }
 
 func newNetworkCreateCmd(a *app) *cobra.Command {
@@ -61,7 +63,7 @@ said otherwise). Prints the network's ID.`,
 	f.StringVar(&subnet, "subnet", "", "subnet in CIDR notation, e.g. 10.20.0.0/24 (default: one from the cluster's pools)")
 	f.StringVar(&gateway, "gateway", "", "gateway address in the subnet (default: its first address)")
 	f.BoolVar(&encrypted, "encrypted", false, "encrypt traffic between hosts (WireGuard)")
-	f.BoolVar(&attachable, "attachable", false, "let containers that no service runs join it (recorded; Shoal has no standalone containers yet)")
+	f.BoolVar(&attachable, "attachable", false, "let namespaces that no service runs join it ('shoal network connect')")
 	f.BoolVar(&internal, "internal", false, "no route out of the cluster")
 	f.StringArrayVarP(&labels, "label", "l", nil, "network label KEY=VALUE (repeatable)")
 	return c

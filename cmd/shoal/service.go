@@ -435,6 +435,9 @@ func protocolName(p shoalpb.PortConfig_Protocol) string {
 // taskName is how tables and logs name a task: "web.2", or "web.<node>" for
 // a global service's task.
 func taskName(t *shoalpb.Task) string {
+	if a := t.GetAttachment(); a != nil {
+		return "attachment " + a.GetName()
+	}
 	name := t.GetServiceName()
 	if name == "" {
 		name = t.GetSpec().GetName()

@@ -46,6 +46,9 @@ func (c *Cluster) Close() {
 		}
 		_ = exec.Command("ip", "netns", "del", h.NetNS).Run()
 	}
+	for _, ns := range c.extraNS {
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+	}
 	c.stopRegistry()
 	_ = exec.Command("ip", "netns", "del", c.swNS).Run()
 	if !c.T.Failed() || os.Getenv("SHOAL_KEEP") == "" {

@@ -42,6 +42,8 @@ type Cluster struct {
 	Hosts  []*Host
 	swNS   string
 	reg    *registry // started by StartRegistry; nil until then
+	// extraNS are the namespaces NewNetNS made, removed by Close.
+	extraNS []string
 }
 
 // Host is one simulated host.
@@ -364,4 +366,22 @@ func (c *Cluster) Eventually(timeout time.Duration, what string, cond func() err
 // host's network namespace, as a process on that host would.
 func (h *Host) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	return netnsDialer("/run/netns/"+h.NetNS)(ctx, network, addr)
+}
+
+// NewNetNS makes an empty network namespace of the test's own (lo up),
+// named with the run's prefix and removed by Close, and returns its path:
+// a namespace no Shoal service runs, as `ip netns add` makes one.
+func (c *Cluster) NewNetNS(name string) string {
+	c.T.Helper()
+	ns := c.Prefix + "-" + name
+	c.must("ip", "netns", "add", ns)
+	c.extraNS = append(c.extraNS, ns)
+	c.must("ip", "-n", ns, "link", "set", "lo", "up")
+	return "/run/netns/" + ns
+}
+
+// DialFrom connects (or, for UDP, binds and aims) a socket from inside
+// the network namespace at nsPath.
+func DialFrom(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
+	return netnsDialer(nsPath)(ctx, network, addr)
 }

@@ -348,13 +348,17 @@ func (d *Daemon) startAgent(ctx context.Context, conn grpc.ClientConnInterface, 
 	return nil
 }
 
-// executor is the runc executor over this host's images, runtime and
-// network.
-func (d *Daemon) executor() *agent.RuncExecutor {
-	return &agent.RuncExecutor{
+// executor runs tasks with runc over this host's images, runtime and
+// network, and network attachments (shoal network connect) with the
+// overlay, recorded under <data-dir>/attachments.
+func (d *Daemon) executor() agent.Executor {
+	log := d.log.With("component", "executor")
+	return agent.WithAttachments(&agent.RuncExecutor{
 		Images: d.images, Runtime: d.runtime, Network: d.network, Overlay: d.overlay(),
-		NodeID: d.nodeID, Logger: d.log.With("component", "executor"),
-	}
+		NodeID: d.nodeID, Logger: log,
+	}, &agent.AttachmentExecutor{
+		Overlay: d.overlay(), Dir: filepath.Join(d.cfg.DataDir, "attachments"), Logger: log,
+	})
 }
 
 // stopAgent stops the agent and waits for it; containers keep running.

@@ -254,3 +254,19 @@ func (p *controlProxy) RotateGossipKey(ctx context.Context, r *shoalpb.RotateGos
 	}
 	return c.RotateGossipKey(ctx, r)
 }
+
+func (p *controlProxy) ConnectNetwork(ctx context.Context, r *shoalpb.ConnectNetworkRequest) (*shoalpb.ConnectNetworkResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.ConnectNetwork(ctx, r)
+}
+
+func (p *controlProxy) DisconnectNetwork(ctx context.Context, r *shoalpb.DisconnectNetworkRequest) (*shoalpb.DisconnectNetworkResponse, error) {
+	c, err := p.control()
+	if err != nil {
+		return nil, err
+	}
+	return c.DisconnectNetwork(ctx, r)
+}

@@ -230,15 +230,21 @@ func networkUsers(tx store.ReadTx, networkID string) string {
 		}
 	}
 	tasks := 0
+	var attachments []string
 	for _, t := range tx.ListTasks() {
 		if tx.GetService(t.GetServiceId()) != nil || !ipam.HoldsAddresses(t) {
 			continue // counted with its service, or finished
 		}
-		for _, a := range t.GetNetworks() {
-			if a.GetNetworkId() == networkID {
+		for _, a := range t.GetSpec().GetNetworks() {
+			switch {
+			case a.GetTarget() != networkID:
+				continue
+			case t.GetAttachment() != nil:
+				attachments = append(attachments, t.GetAttachment().GetName())
+			default:
 				tasks++
-				break
 			}
+			break
 		}
 	}
 	var parts []string
@@ -249,6 +255,14 @@ func networkUsers(tx store.ReadTx, networkID string) string {
 			word = "services"
 		}
 		parts = append(parts, word+" "+strings.Join(services, ", "))
+	}
+	if len(attachments) > 0 {
+		sort.Strings(attachments)
+		word := "attachment"
+		if len(attachments) > 1 {
+			word = "attachments"
+		}
+		parts = append(parts, word+" "+strings.Join(attachments, ", ")+" (shoal network disconnect)")
 	}
 	if tasks > 0 {
 		parts = append(parts, fmt.Sprintf("%d stopping tasks of removed services", tasks))

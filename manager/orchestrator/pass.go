@@ -37,7 +37,11 @@ type pass struct {
 // run computes the pass's changes.
 func (p *pass) run() {
 	p.svc = p.tx.GetService(p.serviceID)
-	p.tasks = append([]*shoalpb.Task(nil), p.tx.TasksByService(p.serviceID)...)
+	if p.serviceID == "" {
+		p.tasks = append([]*shoalpb.Task(nil), p.tx.Attachments()...)
+	} else {
+		p.tasks = append([]*shoalpb.Task(nil), p.tx.TasksByService(p.serviceID)...)
+	}
 	sortOldestFirst(p.tasks)
 	p.edited = make(map[string]bool)
 	p.deleted = make(map[string]uint64)
@@ -45,6 +49,10 @@ func (p *pass) run() {
 
 	p.orphan()
 	switch {
+	case p.serviceID == "":
+		// Network attachments (shoal network connect) belong to no
+		// service: each lives on its node until it is disconnected, its
+		// namespace goes or its node is removed, and is never replaced.
 	case p.svc == nil:
 		p.removeAll()
 	case p.svc.GetSpec().GetGlobal() != nil:

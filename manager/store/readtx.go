@@ -8,8 +8,8 @@ import (
 
 // ReadTx is a consistent read-only view of the store. Returned objects are
 // the store's own and shared with every reader: callers must proto.Clone
-// them before modifying. Lists are ordered by id (TasksByService and
-// TasksByNode too).
+// them before modifying. Lists are ordered by id (TasksByService,
+// TasksByNode and Attachments too).
 type ReadTx interface {
 	GetNode(id string) *shoalpb.Node
 	ListNodes() []*shoalpb.Node
@@ -20,6 +20,9 @@ type ReadTx interface {
 	ListTasks() []*shoalpb.Task
 	TasksByService(serviceID string) []*shoalpb.Task
 	TasksByNode(nodeID string) []*shoalpb.Task
+	// Attachments returns the tasks that are network attachments (shoal
+	// network connect): they belong to no service.
+	Attachments() []*shoalpb.Task
 	// GetCluster returns the single cluster object, nil before init.
 	GetCluster() *shoalpb.Cluster
 	GetNetwork(id string) *shoalpb.Network
@@ -102,6 +105,10 @@ func (tx *readTx) TasksByNode(nodeID string) []*shoalpb.Task {
 		return nil
 	}
 	return list[*shoalpb.Task](tx, tableTask, indexNodeID, nodeID)
+}
+
+func (tx *readTx) Attachments() []*shoalpb.Task {
+	return list[*shoalpb.Task](tx, tableTask, indexAttachment, attachmentKey)
 }
 
 func (tx *readTx) GetCluster() *shoalpb.Cluster {

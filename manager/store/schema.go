@@ -21,6 +21,10 @@ const (
 	indexName      = "name"
 	indexServiceID = "service_id"
 	indexNodeID    = "node_id"
+	// indexAttachment holds the tasks that are network attachments
+	// (Task.attachment), all under attachmentKey.
+	indexAttachment = "attachment"
+	attachmentKey   = "attachment"
 )
 
 // kinds names each table's objects in errors.
@@ -66,6 +70,16 @@ func schema() *memdb.DBSchema {
 				AllowMissing: true,
 				Indexer: stringIndex(func(o proto.Message) string {
 					return o.(*shoalpb.Task).GetNodeId()
+				}),
+			},
+			indexAttachment: {
+				Name:         indexAttachment,
+				AllowMissing: true,
+				Indexer: stringIndex(func(o proto.Message) string {
+					if o.(*shoalpb.Task).GetAttachment() == nil {
+						return ""
+					}
+					return attachmentKey
 				}),
 			},
 		}},
