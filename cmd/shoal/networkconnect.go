@@ -34,8 +34,9 @@ debugging shell's, or a container another runtime started), to attachable
 overlay networks (created with --attachable). The namespace gets one
 interface per network, eth1, eth2, ... in order, with an address the managers
 allocate, reaches the networks' services by address, and by name through the
-resolver Shoal serves at 127.0.0.11 in it (ip netns exec NAME nslookup web
-127.0.0.11); services' virtual IPs balance over their ready tasks.
+resolver Shoal serves at 127.0.0.11 in it; services' virtual IPs balance over
+their ready tasks. For 'ip netns exec NAME' to use that resolver, put
+"nameserver 127.0.0.11" in /etc/netns/NAME/resolv.conf.
 
 The namespace is the one at --netns on --node (this node by default): a file
 'ip netns add' made under /run/netns, or /proc/PID/ns/net. It stays connected
@@ -46,7 +47,7 @@ Unless --detach is given, waits until the node has plugged it in and prints
 its interfaces.`,
 		Example: `  ip netns add debug
   shoal network connect --netns /run/netns/debug tools
-  ip netns exec debug wget -qO- http://web/
+  ip netns exec debug nslookup web 127.0.0.11
 
   shoal network connect --node worker-2 --netns /proc/4242/ns/net --name legacy-db tools backend`,
 		Args: minArgs(1, "NETWORK"),

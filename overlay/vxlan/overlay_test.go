@@ -111,6 +111,7 @@ func TestCrossHost(t *testing.T) {
 		if got := readSysctl(t, s.h1.d.SandboxPath(s.n.ID), ipForward); got != "0" {
 			t.Errorf("ip_forward in sandbox = %s, want 0", got)
 		}
+		checkNoBridgeNF(t, s.h1.d.SandboxPath(s.n.ID))
 		// Nothing of the driver is left in the host netns.
 		hl, err := handleIn(t, s.h1.ns).LinkList()
 		if err != nil {
@@ -166,8 +167,13 @@ func TestCrossHost(t *testing.T) {
 	})
 
 	t.Run("MTU change", func(t *testing.T) {
+		// A network's MTU is the same on every host (one L2 segment: a
+		// bridge does not fragment, so a host left at a larger MTU would
+		// send frames the other drops); both change.
 		n := s.n
 		n.MTU = 1400
+		s.h2.ensure(t, n)
+		s.h2.attach(t, n.ID, s.epB, s.b)
 		s.h1.ensure(t, n)
 		for _, name := range []string{s.h1.d.bridgeName(), s.h1.d.vxlanName(n.VNI), s.h1.d.vethName(s.epA.ID)} {
 			if mtu := mustLink(t, sb, name).Attrs().MTU; mtu != 1400 {
@@ -178,11 +184,14 @@ func TestCrossHost(t *testing.T) {
 		if mtu := mustLink(t, handleIn(t, s.a), "eth1").Attrs().MTU; mtu != 1400 {
 			t.Errorf("container MTU %d after Attach, want 1400", mtu)
 		}
+		// Larger than the MTU: fragmented, and reassembled at the far end.
 		if err := udpRoundTrip(s.a, s.udpEchoB, 1472); err != nil {
 			t.Error(err)
 		}
 		s.h1.ensure(t, s.n)
 		s.h1.attach(t, s.n.ID, s.epA, s.a)
+		s.h2.ensure(t, s.n)
+		s.h2.attach(t, s.n.ID, s.epB, s.b)
 	})
 
 	t.Run("VTEP change replaces the vxlan device", func(t *testing.T) {
@@ -503,4 +512,19 @@ func readSysctl(t *testing.T, nsPath, path string) string {
 		t.Fatalf("read %s in %s: %v", path, nsPath, err)
 	}
 	return string(v[:len(v)-1])
+}
+
+// checkNoBridgeNF checks that bridged frames in the sandbox skip the IP
+// hooks, when br_netfilter is loaded (without it they do anyway).
+func checkNoBridgeNF(t *testing.T, sandbox string) {
+	t.Helper()
+	if _, err := os.Stat(bridgeNFCall[0]); err != nil {
+		t.Logf("br_netfilter is not loaded: bridged frames skip the IP hooks anyway")
+		return
+	}
+	for _, p := range bridgeNFCall {
+		if got := readSysctl(t, sandbox, p); got != "0" {
+			t.Errorf("%s in the sandbox = %s, want 0", p, got)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 
 	"github.com/vishvananda/netlink"
@@ -44,23 +45,45 @@ const (
 	proxyDelayFmt = "/proc/sys/net/ipv4/neigh/%s/proxy_delay"
 )
 
+// bridgeNFCall are br_netfilter's switches (present while the module is
+// loaded, 1 in every new netns): bridged frames through the iptables,
+// ip6tables and arptables hooks. Off in sandboxes, where no rule looks at
+// bridged frames: measured with iperf3 between containers on two
+// simulated hosts, the plain overlay went from 0.86 to 0.90-0.92 of the
+// underlay with them off (BenchmarkOverlayIperf3).
+var bridgeNFCall = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+	"/proc/sys/net/bridge/bridge-nf-call-arptables",
+}
+
 // sandboxSysctls is what a sandbox of network n needs: a plain network's
 // sandbox only bridges (forwarding off, which also disables proxy ARP); an
 // encrypted network's routes between its bridge and its uplink and answers
 // for remote endpoints by proxy ARP at once.
 func (d *Driver) sandboxSysctls(n Network) []netnsutil.Sysctl {
 	br := d.bridgeName()
+	var out []netnsutil.Sysctl
 	if !n.Encrypted {
-		return []netnsutil.Sysctl{
+		out = []netnsutil.Sysctl{
 			{Path: ipForward, Value: "0"},
 			{Path: fmt.Sprintf(proxyARPFmt, br), Value: "0"},
 		}
+	} else {
+		out = []netnsutil.Sysctl{
+			{Path: ipForward, Value: "1"},
+			{Path: fmt.Sprintf(proxyARPFmt, br), Value: "1"},
+			{Path: fmt.Sprintf(proxyDelayFmt, br), Value: "0"},
+		}
 	}
-	return []netnsutil.Sysctl{
-		{Path: ipForward, Value: "1"},
-		{Path: fmt.Sprintf(proxyARPFmt, br), Value: "1"},
-		{Path: fmt.Sprintf(proxyDelayFmt, br), Value: "0"},
+	// Nothing in a sandbox filters: the host's br_netfilter would pass
+	// every bridged frame through the IP hooks for nothing.
+	if _, err := os.Stat(bridgeNFCall[0]); err == nil {
+		for _, p := range bridgeNFCall {
+			out = append(out, netnsutil.Sysctl{Path: p, Value: "0"})
+		}
 	}
+	return out
 }
 
 // routedNet is an encrypted network as read back from the kernel.

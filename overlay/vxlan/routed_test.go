@@ -129,6 +129,7 @@ func TestEncryptedCrossHost(t *testing.T) {
 			t.Errorf("host routes on the uplink: %v, want only %s via %s onlink", routes, s.n.Subnet, uplinkNextHop)
 		}
 		checkRouted(t, h, s.n, s.epB.Addr.Addr())
+		checkNoBridgeNF(t, sbPath)
 		for _, sc := range []struct{ ns, path, want string }{
 			{sbPath, ipForward, "1"},
 			{sbPath, fmt.Sprintf(proxyARPFmt, h.d.bridgeName()), "1"},
