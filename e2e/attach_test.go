@@ -17,59 +17,64 @@ import (
 )
 
 // TestAttachableNetwork connects a network namespace that no service runs
-// (as `ip netns add` makes one) on one host to an attachable network whose
-// service runs on another: the namespace reaches the service's task by IP
-// and the service by name through the resolver and VIP Shoal serves in it,
+// (as `ip netns add` makes one) on a worker to an attachable network whose
+// service runs on the two other hosts: the namespace reaches each task by
+// IP and the service by name through the resolver and VIP Shoal serves in it,
 // stays connected across a kill -9 of its host's daemon, and is unplugged
 // by disconnect and when the namespace goes. A network that is not
 // attachable refuses it.
 func TestAttachableNetwork(t *testing.T) {
-	c := harness.New(t, 2)
+	c := harness.New(t, 3)
 	images := harness.Images(t)
 	reg := c.StartRegistry()
 	app := c.PushImage(filepath.Join(images, "testapp.tar"), "shoal/testapp:latest")
 	for _, h := range c.Hosts {
 		h.Start("--insecure-registry", reg)
 	}
-	h1, h2 := c.Hosts[0], c.Hosts[1]
+	h1, h2, h3 := c.Hosts[0], c.Hosts[1], c.Hosts[2]
 	h1.MustShoal("cluster", "init")
 	tok := strings.TrimSpace(h1.MustShoal("cluster", "join-token", "-q", "worker"))
-	h2.MustShoal("cluster", "join", "--token", tok, h1.Addr.String()+":4242")
-	waitReady(c, h1, 2)
+	for _, h := range []*harness.Host{h2, h3} {
+		h.MustShoal("cluster", "join", "--token", tok, h1.Addr.String()+":4242")
+	}
+	waitReady(c, h1, 3)
 	token := strings.TrimSpace(h1.MustShoal("cluster", "operator-token"))
 
 	h1.MustShoal("network", "create", "--attachable", "tools")
 	h1.MustShoal("network", "create", "appnet")
-	h1.MustShoal("service", "create", "--name", "web", "--network", "tools", "--constraint", "node.id=="+nodeID(t, h1), app)
-	web := waitRunning(c, h1, "web", 1)[0]
-	webIP := ""
-	for _, a := range web.Status.Addresses {
-		if strings.HasPrefix(a, "10.10.") {
-			webIP = strings.Split(a, "/")[0]
+	h1.MustShoal("service", "create", "--name", "web", "--replicas", "2", "--replicas-max-per-node", "1",
+		"--network", "tools", "--constraint", "node.id!="+nodeID(t, h3), app)
+	web := waitRunning(c, h1, "web", 2)
+	webIP := make(map[string]string) // task id -> overlay address
+	for _, w := range web {
+		for _, a := range w.Status.Addresses {
+			if strings.HasPrefix(a, "10.10.") {
+				webIP[w.ID] = strings.Split(a, "/")[0]
+			}
 		}
-	}
-	if webIP == "" {
-		t.Fatalf("web has no overlay address: %v", web.Status.Addresses)
+		if webIP[w.ID] == "" {
+			t.Fatalf("web task %s has no overlay address: %v", w.ID, w.Status.Addresses)
+		}
 	}
 
 	debug := c.NewNetNS("debug")
 	name := filepath.Base(debug)
-	// h2 is a worker: the CLI there speaks to the managers with the
+	// h3 is a worker: the CLI there speaks to the managers with the
 	// operator token.
-	onH2 := func(args ...string) (string, error) {
-		return h2.Shoal(append([]string{"--token", token}, args...)...)
+	onH3 := func(args ...string) (string, error) {
+		return h3.Shoal(append([]string{"--token", token}, args...)...)
 	}
 
 	// Refusals: a network that is not attachable, a namespace that is not
 	// there.
-	if out, err := onH2("network", "connect", "--netns", debug, "appnet"); err == nil || !strings.Contains(err.Error(), "not attachable") {
+	if out, err := onH3("network", "connect", "--netns", debug, "appnet"); err == nil || !strings.Contains(err.Error(), "not attachable") {
 		t.Errorf("connect to a network that is not attachable: %q, %v; want it refused as not attachable", out, err)
 	}
-	if out, err := onH2("network", "connect", "--netns", debug+"-missing", "tools"); err == nil || !strings.Contains(err.Error(), "does not exist on this node") {
+	if out, err := onH3("network", "connect", "--netns", debug+"-missing", "tools"); err == nil || !strings.Contains(err.Error(), "does not exist on this node") {
 		t.Errorf("connect a namespace that does not exist: %q, %v; want the node to say so", out, err)
 	}
 
-	out, err := onH2("network", "connect", "--netns", debug, "tools")
+	out, err := onH3("network", "connect", "--netns", debug, "tools")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,29 +97,38 @@ func TestAttachableNetwork(t *testing.T) {
 			return harness.DialFrom(ctx, debug, network, addr)
 		},
 	}}
-	get := func(url string) error {
+	// get fetches url and returns which web task answered.
+	get := func(url string) (string, error) {
 		resp, err := client.Get(url)
 		if err != nil {
-			return err
+			return "", err
 		}
 		defer resp.Body.Close()
 		body, err := io.ReadAll(resp.Body)
 		if err != nil {
-			return err
+			return "", err
 		}
-		if !strings.Contains(string(body), web.ID) {
-			return fmt.Errorf("GET %s: %q does not name web's task %s", url, body, web.ID)
+		for id := range webIP {
+			if strings.Contains(string(body), id) {
+				return id, nil
+			}
 		}
-		return nil
+		return "", fmt.Errorf("GET %s: %q names no web task", url, body)
 	}
 	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return harness.DialFrom(ctx, debug, "udp", "127.0.0.11:53")
 	}}
 	reachesWeb := func(what string) {
 		t.Helper()
-		c.Eventually(waitConverge, what+": the namespace reaches web's task by IP across hosts", func() error {
-			return get("http://" + webIP + ":8080/")
-		})
+		for id, ip := range webIP {
+			c.Eventually(waitConverge, what+": the namespace reaches web task "+id[:8]+" by IP across hosts", func() error {
+				got, err := get("http://" + ip + ":8080/")
+				if err == nil && got != id {
+					err = fmt.Errorf("%s answered at %s, want %s", got, ip, id)
+				}
+				return err
+			})
+		}
 		c.Eventually(waitConverge, what+": the namespace reaches web by name through its VIP", func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
@@ -122,10 +136,16 @@ func TestAttachableNetwork(t *testing.T) {
 			if err != nil {
 				return fmt.Errorf("resolve web at 127.0.0.11 in the namespace: %w", err)
 			}
-			if len(addrs) != 1 || addrs[0] == webIP {
-				return fmt.Errorf("web resolves to %v, want its one VIP (not the task's %s)", addrs, webIP)
+			if len(addrs) != 1 {
+				return fmt.Errorf("web resolves to %v, want its one VIP", addrs)
 			}
-			return get("http://" + addrs[0] + ":8080/")
+			for _, ip := range webIP {
+				if addrs[0] == ip {
+					return fmt.Errorf("web resolves to task address %s, want its VIP", ip)
+				}
+			}
+			_, err = get("http://" + addrs[0] + ":8080/")
+			return err
 		})
 	}
 	reachesWeb("connected")
@@ -136,9 +156,9 @@ func TestAttachableNetwork(t *testing.T) {
 	}
 
 	// The attachment outlives its daemon: kill -9, restart, adopted.
-	h2.Kill()
-	h2.Start("--insecure-registry", reg)
-	waitReady(c, h1, 2)
+	h3.Kill()
+	h3.Start("--insecure-registry", reg)
+	waitReady(c, h1, 3)
 	reachesWeb("after kill -9 and restart of the namespace's daemon")
 
 	// Disconnect (from the manager) unplugs it; the namespace stays.
@@ -146,8 +166,10 @@ func TestAttachableNetwork(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", filepath.Base(debug), "link", "show", "eth1").CombinedOutput(); err == nil {
 		t.Errorf("eth1 still in the namespace after disconnect: %s", out)
 	}
-	if err := get("http://" + webIP + ":8080/"); err == nil {
-		t.Errorf("the namespace still reaches web after disconnect")
+	for _, ip := range webIP {
+		if _, err := get("http://" + ip + ":8080/"); err == nil {
+			t.Errorf("the namespace still reaches web at %s after disconnect", ip)
+		}
 	}
 	c.Eventually(waitConverge, "the disconnected attachment is gone", func() error {
 		for _, a := range attachments(t, h1) {
@@ -160,12 +182,12 @@ func TestAttachableNetwork(t *testing.T) {
 
 	// Connected again, then the namespace deleted: the attachment
 	// finishes and its address is free, so the network can go.
-	onH2Must := func(args ...string) {
-		if out, err := onH2(args...); err != nil {
+	onH3Must := func(args ...string) {
+		if out, err := onH3(args...); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
 	}
-	onH2Must("network", "connect", "--netns", debug, "--name", "again", "tools")
+	onH3Must("network", "connect", "--netns", debug, "--name", "again", "tools")
 	if out, err := exec.Command("ip", "netns", "del", filepath.Base(debug)).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns del: %v: %s", err, out)
 	}
