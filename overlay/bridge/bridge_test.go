@@ -16,12 +16,13 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 func TestSetupIdempotentAndRepairs(t *testing.T) {
 	e := newEnv(t)
 	d := e.newDriver(t)
-	h := handleIn(t, e.hostNS)
+	h := netnstest.Handle(t, e.hostNS)
 	steps := []struct {
 		name   string
 		damage func(t *testing.T, br netlink.Link)
@@ -109,7 +110,7 @@ func checkBridge(t *testing.T, e *testEnv, d *Driver, h *netlink.Handle) {
 	if v := readIPForward(t, e.hostNS); v != "1" {
 		t.Errorf("ip_forward in host netns = %s, want 1", v)
 	}
-	if v := readSysctl(t, e.hostNS, "/proc/sys/net/ipv4/conf/"+e.cfg.Name+"/route_localnet"); v != "1" {
+	if v := netnstest.ReadSysctl(t, e.hostNS, "/proc/sys/net/ipv4/conf/"+e.cfg.Name+"/route_localnet"); v != "1" {
 		t.Errorf("route_localnet on the bridge = %s, want 1", v)
 	}
 	rules := listTable(t, e.hostNS, d.TableName())
@@ -181,7 +182,7 @@ func tableExists(t *testing.T, nsPath, name string) bool {
 // checkEndpoint asserts eth0, lo and the default route inside ep's netns.
 func checkEndpoint(t *testing.T, ep Endpoint) {
 	t.Helper()
-	h := handleIn(t, ep.NetNSPath)
+	h := netnstest.Handle(t, ep.NetNSPath)
 	eth, err := h.LinkByName("eth0")
 	if err != nil {
 		t.Fatalf("%s: no eth0: %v", ep.ID, err)
@@ -353,7 +354,7 @@ func TestDetachFreesEverything(t *testing.T) {
 	e.cfg.Subnet = netip.MustParsePrefix("10.77.0.0/29") // 5 container addresses
 	d := e.newDriver(t)
 	e.setup(t, d)
-	h := handleIn(t, e.hostNS)
+	h := netnstest.Handle(t, e.hostNS)
 	var eps []Endpoint
 	for _, n := range []string{"a", "b", "c", "d", "e"} {
 		eps = append(eps, e.attach(t, d, e.id(n)))
@@ -404,7 +405,7 @@ func TestAttachRepairs(t *testing.T) {
 		damage func(t *testing.T, e *testEnv, ep Endpoint)
 	}{
 		{name: "host veth deleted", damage: func(t *testing.T, e *testEnv, ep Endpoint) {
-			h := handleIn(t, e.hostNS)
+			h := netnstest.Handle(t, e.hostNS)
 			l, err := h.LinkByName(VethName(ep.ID))
 			if err != nil {
 				t.Fatal(err)
@@ -477,7 +478,7 @@ func TestTeardown(t *testing.T) {
 			t.Fatalf("Teardown #%d: %v", i+1, err)
 		}
 	}
-	h := handleIn(t, e.hostNS)
+	h := netnstest.Handle(t, e.hostNS)
 	if _, err := h.LinkByName(e.cfg.Name); err == nil {
 		t.Error("bridge still exists after Teardown")
 	}

@@ -2,8 +2,6 @@ package bridge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net"
@@ -20,6 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 // ioTimeout bounds every dial and read so a broken data path fails the test
@@ -52,54 +51,16 @@ func requireRoot(t *testing.T) {
 func newEnv(t *testing.T) *testEnv {
 	t.Helper()
 	requireRoot(t)
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	e := &testEnv{prefix: "sht" + hex.EncodeToString(b)}
+	e := &testEnv{prefix: netnstest.Prefix("sht", 3)}
 	// Registered first, so it runs last: after every other cleanup.
 	t.Cleanup(func() { e.checkNoRootLeak(t) })
-	e.hostNS = newNamedNetNS(t, e.prefix+"-host")
+	e.hostNS = netnstest.NewNamed(t, e.prefix+"-host")
 	stateDir := t.TempDir()
-	// Registered after TempDir, so it runs before TempDir's removal, which
-	// would fail on mounted netns files.
-	t.Cleanup(func() { unmountAll(t, filepath.Join(stateDir, "netns")) })
+	// After TempDir, so it runs before TempDir's removal, which would fail
+	// on mounted netns files.
+	netnstest.CleanupDir(t, filepath.Join(stateDir, "netns"))
 	e.cfg = Config{Name: e.prefix, StateDir: stateDir, HostNetNS: e.hostNS}
 	return e
-}
-
-// newNamedNetNS creates /run/netns/<name> from a locked thread that is moved
-// back afterwards, and deletes it at cleanup. It returns its path.
-func newNamedNetNS(t *testing.T, name string) string {
-	t.Helper()
-	err := netnsutil.OnLockedThread(func() error {
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			return err
-		}
-		return ns.Close()
-	})
-	if err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return filepath.Join("/run/netns", name)
-}
-
-func unmountAll(t *testing.T, dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if err := netnsutil.RemoveNetNSFile(filepath.Join(dir, e.Name())); err != nil {
-			t.Errorf("clean up netns file: %v", err)
-		}
-	}
 }
 
 func (e *testEnv) newDriver(t *testing.T) *Driver {
@@ -187,9 +148,9 @@ func (e *testEnv) checkNoRootLeak(t *testing.T) {
 // the uplink and the outside's address.
 func (e *testEnv) newOutside(t *testing.T) (nsPath string, uplink, remote netip.Addr) {
 	t.Helper()
-	outside := newNamedNetNS(t, e.prefix+"-out")
+	outside := netnstest.NewNamed(t, e.prefix+"-out")
 	up, rem := netip.MustParsePrefix("192.0.2.1/30"), netip.MustParsePrefix("192.0.2.2/30")
-	h, oh := handleIn(t, e.hostNS), handleIn(t, outside)
+	h, oh := netnstest.Handle(t, e.hostNS), netnstest.Handle(t, outside)
 	ons, err := netns.GetFromPath(outside)
 	if err != nil {
 		t.Fatal(err)
@@ -217,22 +178,6 @@ func (e *testEnv) newOutside(t *testing.T) (nsPath string, uplink, remote netip.
 		}
 	}
 	return outside, up.Addr(), rem.Addr()
-}
-
-// handleIn returns a netlink handle bound to the netns at path.
-func handleIn(t *testing.T, path string) *netlink.Handle {
-	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatalf("netlink in %s: %v", path, err)
-	}
-	t.Cleanup(h.Close)
-	return h
 }
 
 // serveRemoteAddr listens on TCP ip:0 inside the netns at nsPath and answers
@@ -293,22 +238,7 @@ func peerSeenBy(nsPath, addr string) (string, error) {
 
 func readIPForward(t *testing.T, nsPath string) string {
 	t.Helper()
-	return readSysctl(t, nsPath, "/proc/sys/net/ipv4/ip_forward")
-}
-
-// readSysctl reads a sysctl file as the netns at nsPath sees it.
-func readSysctl(t *testing.T, nsPath, path string) string {
-	t.Helper()
-	var v []byte
-	err := netnsutil.InNetNS(nsPath, func() error {
-		var err error
-		v, err = os.ReadFile(path)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("read %s in %s: %v", path, nsPath, err)
-	}
-	return strings.TrimSpace(string(v))
+	return netnstest.ReadSysctl(t, nsPath, "/proc/sys/net/ipv4/ip_forward")
 }
 
 // serveUDPRemoteAddr listens on UDP ip:0 inside the netns at nsPath and

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 func TestNormalizeMappings(t *testing.T) {
@@ -80,7 +81,7 @@ func newPortsEnv(t *testing.T) *portsEnv {
 	e := newEnv(t)
 	p := &portsEnv{testEnv: e, d: e.newDriver(t)}
 	// A real host's loopback is up; a new netns's is not.
-	h := handleIn(t, e.hostNS)
+	h := netnstest.Handle(t, e.hostNS)
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
@@ -332,7 +333,7 @@ func TestGuardKeepsContainersOffHostLoopback(t *testing.T) {
 	p := newPortsEnv(t)
 	// In the container: loopback addresses leave through eth0 to the
 	// gateway, and may come back (route_localnet on its side too).
-	ch := handleIn(t, p.a.NetNSPath)
+	ch := netnstest.Handle(t, p.a.NetNSPath)
 	lo, err := ch.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)

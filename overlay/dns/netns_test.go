@@ -1,8 +1,6 @@
 package dns
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,22 +10,15 @@ import (
 	"testing"
 
 	mdns "github.com/miekg/dns"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 // runPrefix starts the name of every netns this test binary creates, unique
 // to the run so that concurrent runs and leftovers of a crashed one never
 // collide.
-var runPrefix = func() string {
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return "shdns" + hex.EncodeToString(b)
-}()
+var runPrefix = netnstest.Prefix("shdns", 3)
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -41,23 +32,7 @@ func requireRoot(t *testing.T) {
 // and returns its path.
 func newNetNS(t *testing.T, suffix string) string {
 	t.Helper()
-	name := runPrefix + "-" + suffix
-	err := netnsutil.OnLockedThread(func() error {
-		ns, err := netns.NewNamed(name) // also moves this thread into it
-		if err != nil {
-			return err
-		}
-		return ns.Close()
-	})
-	if err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return filepath.Join("/run/netns", name)
+	return netnstest.NewNamed(t, runPrefix+"-"+suffix)
 }
 
 // checkNoNetNSLeft fails the test if a netns of this run is left once the
@@ -91,17 +66,7 @@ func askIn(nsPath, network, name string) (*mdns.Msg, error) {
 // loUp reports whether the loopback of the netns at nsPath is up.
 func loUp(t *testing.T, nsPath string) bool {
 	t.Helper()
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
+	lo, err := netnstest.Handle(t, nsPath).LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 // ioTimeout bounds every dial and read on a path that should work, so a
@@ -62,19 +61,15 @@ func requireRoot(tb testing.TB) {
 func newWorld(tb testing.TB, nHosts int) *world {
 	tb.Helper()
 	requireRoot(tb)
-	b := make([]byte, 2)
-	if _, err := rand.Read(b); err != nil {
-		tb.Fatal(err)
-	}
-	w := &world{run: "v" + hex.EncodeToString(b)}
+	w := &world{run: netnstest.Prefix("v", 2)}
 	// Registered first, so it runs last: after every other cleanup.
 	tb.Cleanup(func() { w.checkNoLeak(tb) })
 	w.dir = tb.TempDir()
-	// Registered after TempDir, so it runs before TempDir's removal, which
-	// fails on mounted netns files.
-	tb.Cleanup(func() { unmountAll(tb, w.dir) })
-	w.ul = newNamedNetNS(tb, w.run+"-ul")
-	ul := handleIn(tb, w.ul)
+	// After TempDir, so it runs before TempDir's removal, which fails on
+	// mounted netns files.
+	netnstest.CleanupDir(tb, w.dir)
+	w.ul = netnstest.NewNamed(tb, w.run+"-ul")
+	ul := netnstest.Handle(tb, w.ul)
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = w.run + "ul"
 	if err := ul.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
@@ -93,7 +88,7 @@ func newWorld(tb testing.TB, nHosts int) *world {
 func (w *world) newHost(tb testing.TB, i int, ul *netlink.Handle, br netlink.Link) *testHost {
 	tb.Helper()
 	h := &testHost{
-		ns:     newNamedNetNS(tb, fmt.Sprintf("%s-h%d", w.run, i)),
+		ns:     netnstest.NewNamed(tb, fmt.Sprintf("%s-h%d", w.run, i)),
 		vtep:   netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}),
 		uplink: fmt.Sprintf("%sh%d", w.run, i),
 	}
@@ -111,7 +106,7 @@ func (w *world) newHost(tb testing.TB, i int, ul *netlink.Handle, br netlink.Lin
 	if err := ul.LinkSetUp(mustLink(tb, ul, attrs.Name)); err != nil {
 		tb.Fatal(err)
 	}
-	hh := handleIn(tb, h.ns)
+	hh := netnstest.Handle(tb, h.ns)
 	up := mustLink(tb, hh, h.uplink)
 	if err := hh.AddrAdd(up, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(h.vtep, 24))}); err != nil {
 		tb.Fatal(err)
@@ -147,62 +142,12 @@ func mustLink(tb testing.TB, h *netlink.Handle, name string) netlink.Link {
 // container makes a "container": a plain named netns with lo up.
 func (w *world) container(tb testing.TB, name string) string {
 	tb.Helper()
-	path := newNamedNetNS(tb, w.run+"-c"+name)
-	h := handleIn(tb, path)
+	path := netnstest.NewNamed(tb, w.run+"-c"+name)
+	h := netnstest.Handle(tb, path)
 	if err := h.LinkSetUp(mustLink(tb, h, "lo")); err != nil {
 		tb.Fatal(err)
 	}
 	return path
-}
-
-// newNamedNetNS creates /run/netns/<name> from a locked thread that is moved
-// back afterwards, and deletes it at cleanup. It returns its path.
-func newNamedNetNS(tb testing.TB, name string) string {
-	tb.Helper()
-	err := netnsutil.OnLockedThread(func() error {
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			return err
-		}
-		return ns.Close()
-	})
-	if err != nil {
-		tb.Fatalf("create netns %s: %v", name, err)
-	}
-	tb.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return filepath.Join("/run/netns", name)
-}
-
-func unmountAll(tb testing.TB, dir string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if err := netnsutil.RemoveNetNSFile(filepath.Join(dir, e.Name())); err != nil {
-			tb.Errorf("clean up netns file: %v", err)
-		}
-	}
-}
-
-// handleIn returns a netlink handle bound to the netns at path.
-func handleIn(tb testing.TB, path string) *netlink.Handle {
-	tb.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		tb.Fatalf("open netns %s: %v", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		tb.Fatalf("netlink in %s: %v", path, err)
-	}
-	tb.Cleanup(h.Close)
-	return h
 }
 
 // checkNoLeak fails the test if the root netns holds a link or nftables

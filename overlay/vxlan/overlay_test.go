@@ -10,7 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 // twoHostNetwork is the common setup: network n1 (VNI 4100, 10.10.1.0/24) on
@@ -52,7 +52,7 @@ func TestCrossHost(t *testing.T) {
 	ctx := context.Background()
 
 	// Everything again: idempotent, and nothing is recreated.
-	sb := handleIn(t, s.h1.d.SandboxPath(s.n.ID))
+	sb := netnstest.Handle(t, s.h1.d.SandboxPath(s.n.ID))
 	vxBefore := mustLink(t, sb, s.h1.d.vxlanName(s.n.VNI)).Attrs().Index
 	vethBefore := mustLink(t, sb, s.h1.d.vethName(s.epA.ID)).Attrs().Index
 	s.h1.ensure(t, s.n)
@@ -84,7 +84,7 @@ func TestCrossHost(t *testing.T) {
 	}
 
 	t.Run("layout", func(t *testing.T) {
-		ch := handleIn(t, s.a)
+		ch := netnstest.Handle(t, s.a)
 		eth := mustLink(t, ch, "eth1")
 		if eth.Attrs().MTU != DefaultMTU || eth.Attrs().HardwareAddr.String() != s.epA.MAC.String() {
 			t.Errorf("container eth1: MTU %d MAC %s, want %d %s", eth.Attrs().MTU, eth.Attrs().HardwareAddr, DefaultMTU, s.epA.MAC)
@@ -98,7 +98,7 @@ func TestCrossHost(t *testing.T) {
 				t.Errorf("route %v on eth1: want only the subnet's", r)
 			}
 		}
-		sb := handleIn(t, s.h1.d.SandboxPath(s.n.ID))
+		sb := netnstest.Handle(t, s.h1.d.SandboxPath(s.n.ID))
 		br := mustLink(t, sb, s.h1.d.bridgeName())
 		if got, want := br.Attrs().HardwareAddr.String(), macFor(s.n.Gateway).String(); got != want {
 			t.Errorf("bridge MAC %s, want %s", got, want)
@@ -108,12 +108,12 @@ func TestCrossHost(t *testing.T) {
 			addrOf(vx.SrcAddr) != s.h1.vtep || vx.Attrs().MTU != DefaultMTU || vx.Attrs().MasterIndex != br.Attrs().Index {
 			t.Errorf("vxlan device %+v", vx)
 		}
-		if got := readSysctl(t, s.h1.d.SandboxPath(s.n.ID), ipForward); got != "0" {
+		if got := netnstest.ReadSysctl(t, s.h1.d.SandboxPath(s.n.ID), ipForward); got != "0" {
 			t.Errorf("ip_forward in sandbox = %s, want 0", got)
 		}
 		checkNoBridgeNF(t, s.h1.d.SandboxPath(s.n.ID))
 		// Nothing of the driver is left in the host netns.
-		hl, err := handleIn(t, s.h1.ns).LinkList()
+		hl, err := netnstest.Handle(t, s.h1.ns).LinkList()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +133,7 @@ func TestCrossHost(t *testing.T) {
 	})
 
 	t.Run("a 1500 MTU loses full-size datagrams, Attach repairs it", func(t *testing.T) {
-		ch := handleIn(t, s.a)
+		ch := netnstest.Handle(t, s.a)
 		if err := ch.LinkSetMTU(mustLink(t, ch, "eth1"), 1500); err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func TestCrossHost(t *testing.T) {
 		if err := s.h2.d.Detach(ctx, s.n.ID, s.epB.ID); err != nil {
 			t.Fatalf("second Detach: %v", err)
 		}
-		if _, err := handleIn(t, s.b).LinkByName("eth1"); !isNotFound(err) {
+		if _, err := netnstest.Handle(t, s.b).LinkByName("eth1"); !isNotFound(err) {
 			t.Errorf("eth1 still in the container after Detach: %v", err)
 		}
 		if c, err := dialIn(s.a, s.echoB, closedTimeout); err == nil {
@@ -181,7 +181,7 @@ func TestCrossHost(t *testing.T) {
 			}
 		}
 		s.h1.attach(t, n.ID, s.epA, s.a)
-		if mtu := mustLink(t, handleIn(t, s.a), "eth1").Attrs().MTU; mtu != 1400 {
+		if mtu := mustLink(t, netnstest.Handle(t, s.a), "eth1").Attrs().MTU; mtu != 1400 {
 			t.Errorf("container MTU %d after Attach, want 1400", mtu)
 		}
 		// Larger than the MTU: fragmented, and reassembled at the far end.
@@ -198,7 +198,7 @@ func TestCrossHost(t *testing.T) {
 		// The host got a new underlay address: a driver with the new
 		// Config.VTEP replaces the device.
 		alt := netip.MustParsePrefix("192.0.2.101/24")
-		hh := handleIn(t, s.h1.ns)
+		hh := netnstest.Handle(t, s.h1.ns)
 		if err := hh.AddrAdd(mustLink(t, hh, s.h1.uplink), &netlink.Addr{IPNet: ipNet(alt)}); err != nil {
 			t.Fatal(err)
 		}
@@ -286,7 +286,7 @@ func TestIsolation(t *testing.T) {
 
 	// a sends everything else to its gateway, as if the agent had made it
 	// the default route: the sandbox must not forward it.
-	ah := handleIn(t, a)
+	ah := netnstest.Handle(t, a)
 	if err := ah.RouteAdd(&netlink.Route{
 		LinkIndex: mustLink(t, ah, "eth1").Attrs().Index, Gw: n1.Gateway.AsSlice(),
 		Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")),
@@ -364,7 +364,7 @@ func TestSetRemotes(t *testing.T) {
 	}
 
 	t.Run("stray entries are removed, read back from the kernel", func(t *testing.T) {
-		sb := handleIn(t, s.h1.d.SandboxPath(s.n.ID))
+		sb := netnstest.Handle(t, s.h1.d.SandboxPath(s.n.ID))
 		vx := mustLink(t, sb, s.h1.d.vxlanName(s.n.VNI))
 		stray := endpoint("stray", "10.10.1.77")
 		if err := applyRemotes(sb, vx.Attrs().Index, remoteChanges{
@@ -401,7 +401,7 @@ func TestSetRemotes(t *testing.T) {
 // checkProgrammed compares the vxlan device's entries with want.
 func checkProgrammed(t *testing.T, h *testHost, netID string, want []Remote) {
 	t.Helper()
-	sb := handleIn(t, h.d.SandboxPath(netID))
+	sb := netnstest.Handle(t, h.d.SandboxPath(netID))
 	vx, err := h.d.findVxlan(sb)
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +433,7 @@ func TestReconcileAfterRestart(t *testing.T) {
 
 	// What a crash could leave: a vxlan device not yet moved into its
 	// sandbox, and a sandbox file that was never mounted onto.
-	hh := handleIn(t, s.h1.ns)
+	hh := netnstest.Handle(t, s.h1.ns)
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = s.h1.d.vxlanName(4102)
 	if err := hh.LinkAdd(&netlink.Vxlan{LinkAttrs: attrs, VxlanId: 4102, Port: DefaultPort}); err != nil {
@@ -465,7 +465,7 @@ func TestReconcileAfterRestart(t *testing.T) {
 	if _, err := hh.LinkByName(attrs.Name); !isNotFound(err) {
 		t.Errorf("leftover vxlan in the host netns: %v", err)
 	}
-	if _, err := handleIn(t, staleC).LinkByName("eth1"); !isNotFound(err) {
+	if _, err := netnstest.Handle(t, staleC).LinkByName("eth1"); !isNotFound(err) {
 		t.Errorf("stale network's container interface still there: %v", err)
 	}
 	if err := roundTrip(conn, 8<<10); err != nil {
@@ -495,23 +495,9 @@ func TestReconcileAfterRestart(t *testing.T) {
 	if nets, err := d.Networks(ctx); err != nil || len(nets) != 0 {
 		t.Errorf("Networks after Reconcile(nil) = %v, %v", nets, err)
 	}
-	if _, err := handleIn(t, s.a).LinkByName("eth1"); !isNotFound(err) {
+	if _, err := netnstest.Handle(t, s.a).LinkByName("eth1"); !isNotFound(err) {
 		t.Errorf("container interface outlived its network: %v", err)
 	}
-}
-
-func readSysctl(t *testing.T, nsPath, path string) string {
-	t.Helper()
-	var v []byte
-	err := netnsutil.InNetNS(nsPath, func() error {
-		var err error
-		v, err = os.ReadFile(path)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("read %s in %s: %v", path, nsPath, err)
-	}
-	return string(v[:len(v)-1])
 }
 
 // checkNoBridgeNF checks that bridged frames in the sandbox skip the IP
@@ -523,7 +509,7 @@ func checkNoBridgeNF(t *testing.T, sandbox string) {
 		return
 	}
 	for _, p := range bridgeNFCall {
-		if got := readSysctl(t, sandbox, p); got != "0" {
+		if got := netnstest.ReadSysctl(t, sandbox, p); got != "0" {
 			t.Errorf("%s in the sandbox = %s, want 0", p, got)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 	"github.com/shoal-project/shoal/overlay/wg"
 )
 
@@ -176,7 +177,7 @@ type routedState struct {
 
 func readRoutedState(tb testing.TB, h *testHost, n Network) routedState {
 	tb.Helper()
-	hh := handleIn(tb, h.ns)
+	hh := netnstest.Handle(tb, h.ns)
 	rs, err := hh.RouteList(mustLink(tb, hh, h.wg.name), netlink.FAMILY_V4)
 	if err != nil {
 		tb.Fatal(err)
@@ -187,7 +188,7 @@ func readRoutedState(tb testing.TB, h *testHost, n Network) routedState {
 			st.host = append(st.host, p.Addr())
 		}
 	}
-	sb := handleIn(tb, h.d.SandboxPath(n.ID))
+	sb := netnstest.Handle(tb, h.d.SandboxPath(n.ID))
 	rs, err = sb.RouteList(mustLink(tb, sb, h.d.uplinkSandboxName()), netlink.FAMILY_V4)
 	if err != nil {
 		tb.Fatal(err)
@@ -217,7 +218,7 @@ func checkRouted(t *testing.T, h *testHost, n Network, want ...netip.Addr) {
 // `ip route show table all` would, for before/after comparisons.
 func allRoutes(tb testing.TB, path string) []string {
 	tb.Helper()
-	rs, err := handleIn(tb, path).RouteListFiltered(netlink.FAMILY_V4,
+	rs, err := netnstest.Handle(tb, path).RouteListFiltered(netlink.FAMILY_V4,
 		&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		tb.Fatal(err)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 func TestEncryptedSetRemotes(t *testing.T) {
@@ -62,7 +64,7 @@ func TestEncryptedSetRemotes(t *testing.T) {
 		// events are seen, any the driver caused have been too.
 		sentinel := &netlink.Route{Dst: ipNet(netip.MustParsePrefix("10.77.0.0/24")), Type: unix.RTN_BLACKHOLE}
 		for _, path := range []string{h1.ns, sbPath} {
-			h := handleIn(t, path)
+			h := netnstest.Handle(t, path)
 			if err := h.RouteAdd(sentinel); err != nil {
 				t.Fatal(err)
 			}
@@ -89,9 +91,9 @@ func TestEncryptedSetRemotes(t *testing.T) {
 	})
 
 	t.Run("stray routes are removed, read back from the kernel, others' kept", func(t *testing.T) {
-		hh := handleIn(t, h1.ns)
+		hh := netnstest.Handle(t, h1.ns)
 		wgLink := mustLink(t, hh, h1.wg.name)
-		sb := handleIn(t, h1.d.SandboxPath(s.n.ID))
+		sb := netnstest.Handle(t, h1.d.SandboxPath(s.n.ID))
 		up := mustLink(t, sb, h1.d.uplinkSandboxName())
 		stray := netip.MustParseAddr("10.20.1.77")
 		foreign := hostRoute(wgLink, netip.MustParseAddr("10.20.1.78"))
@@ -178,7 +180,7 @@ func TestEncryptedRemoveAndReconcile(t *testing.T) {
 	w.addWireGuard(t)
 	h := w.hosts[0]
 	ctx := context.Background()
-	hh := handleIn(t, h.ns)
+	hh := netnstest.Handle(t, h.ns)
 	e1 := encNetwork("e1", 4200, "10.20.1.0/24")
 	e2 := encNetwork("e2", 4201, "10.20.2.0/24")
 	p := network("p1", 4300, "10.30.1.0/24")
@@ -261,7 +263,7 @@ func TestEncryptedRemoveAndReconcile(t *testing.T) {
 	})
 
 	t.Run("the Encrypted flag flips", func(t *testing.T) {
-		sb := handleIn(t, h.d.SandboxPath(p.ID))
+		sb := netnstest.Handle(t, h.d.SandboxPath(p.ID))
 		enc := p
 		enc.Encrypted = true
 		h.ensure(t, enc)

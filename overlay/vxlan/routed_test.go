@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/shoal-project/shoal/overlay/netnsutil"
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 	"github.com/shoal-project/shoal/overlay/wg"
 )
 
@@ -101,7 +102,7 @@ func TestEncryptedCrossHost(t *testing.T) {
 	t.Run("layout", func(t *testing.T) {
 		h := s.h1
 		sbPath := h.d.SandboxPath(s.n.ID)
-		sb, hh := handleIn(t, sbPath), handleIn(t, h.ns)
+		sb, hh := netnstest.Handle(t, sbPath), netnstest.Handle(t, h.ns)
 		links, err := sb.LinkList()
 		if err != nil {
 			t.Fatal(err)
@@ -116,7 +117,7 @@ func TestEncryptedCrossHost(t *testing.T) {
 		if !isPeer(up, hostUp) || hostUp.Attrs().Alias != s.n.ID {
 			t.Errorf("uplink %s / %s (alias %q) is not a pair of network %s", up.Attrs().Name, hostUp.Attrs().Name, hostUp.Attrs().Alias, s.n.ID)
 		}
-		for _, l := range []netlink.Link{up, hostUp, mustLink(t, sb, h.d.bridgeName()), mustLink(t, handleIn(t, s.a), "eth1")} {
+		for _, l := range []netlink.Link{up, hostUp, mustLink(t, sb, h.d.bridgeName()), mustLink(t, netnstest.Handle(t, s.a), "eth1")} {
 			if l.Attrs().MTU != EncryptedDefaultMTU {
 				t.Errorf("%s MTU %d, want %d", l.Attrs().Name, l.Attrs().MTU, EncryptedDefaultMTU)
 			}
@@ -136,7 +137,7 @@ func TestEncryptedCrossHost(t *testing.T) {
 			{sbPath, fmt.Sprintf(proxyDelayFmt, h.d.bridgeName()), "0"},
 			{h.ns, ipForward, "1"},
 		} {
-			if got := readSysctl(t, sc.ns, sc.path); got != sc.want {
+			if got := netnstest.ReadSysctl(t, sc.ns, sc.path); got != sc.want {
 				t.Errorf("%s in %s = %s, want %s", sc.path, sc.ns, got, sc.want)
 			}
 		}
@@ -155,7 +156,7 @@ func TestEncryptedCrossHost(t *testing.T) {
 
 	t.Run("everything again changes nothing", func(t *testing.T) {
 		h := s.h1
-		sb, hh := handleIn(t, h.d.SandboxPath(s.n.ID)), handleIn(t, h.ns)
+		sb, hh := netnstest.Handle(t, h.d.SandboxPath(s.n.ID)), netnstest.Handle(t, h.ns)
 		upBefore := mustLink(t, hh, h.d.uplinkName(s.n.VNI)).Attrs().Index
 		vethBefore := mustLink(t, sb, h.d.vethName(s.epA.ID)).Attrs().Index
 		handles := ruleHandles(t, h)
@@ -207,7 +208,7 @@ func TestEncryptedIsolation(t *testing.T) {
 	// of its interface (ARP): neither may reach e1 or p1.
 	addRoute := func(ns string, r *netlink.Route) {
 		t.Helper()
-		h := handleIn(t, ns)
+		h := netnstest.Handle(t, ns)
 		r.LinkIndex = mustLink(t, h, "eth1").Attrs().Index
 		if err := h.RouteAdd(r); err != nil {
 			t.Fatalf("add route %s in %s: %v", r.Dst, ns, err)
@@ -250,7 +251,7 @@ func TestEncryptedIsolation(t *testing.T) {
 	// WireGuard address and to e1's b through its uplink.
 	t.Run("a sandbox routing past its network", func(t *testing.T) {
 		sbPath := h1.d.SandboxPath(n2.ID)
-		sb := handleIn(t, sbPath)
+		sb := netnstest.Handle(t, sbPath)
 		up := mustLink(t, sb, h1.d.uplinkSandboxName())
 		hostAddr := netip.AddrPortFrom(h1.wg.addr.Addr(), 7300)
 		hostEcho := serveEcho(t, h1.ns, hostAddr)
@@ -425,7 +426,7 @@ func TestEncryptedOnTheWire(t *testing.T) {
 
 	t.Run("plain IP routed at the host from the underlay never reaches the container", func(t *testing.T) {
 		// Someone on the underlay routes e1's subnet to host 1.
-		ul := handleIn(t, s.w.ul)
+		ul := netnstest.Handle(t, s.w.ul)
 		br := mustLink(t, ul, s.w.run+"ul")
 		if err := ul.AddrAdd(br, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("192.0.2.254/24"))}); err != nil {
 			t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +20,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/shoal-project/shoal/overlay/netnsutil/netnstest"
 )
 
 // ioTimeout bounds every dial and read so a broken data path fails the test
@@ -79,11 +79,7 @@ type host struct {
 func newLab(tb testing.TB) *lab {
 	tb.Helper()
 	requireRoot(tb)
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		tb.Fatal(err)
-	}
-	l := &lab{tb: tb, prefix: "wgt" + hex.EncodeToString(b)}
+	l := &lab{tb: tb, prefix: netnstest.Prefix("wgt", 3)}
 	// Registered first, so it runs last.
 	tb.Cleanup(func() { l.checkNoLeak(tb) })
 	l.ul = l.netns("ul")
@@ -97,12 +93,7 @@ func newLab(tb testing.TB) *lab {
 func (l *lab) netns(suffix string) string {
 	l.tb.Helper()
 	name := l.prefix + "-" + suffix
-	run(l.tb, "ip", "netns", "add", name)
-	l.tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			l.tb.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
+	netnstest.NewNamed(l.tb, name)
 	l.ip(name, "link", "set", "lo", "up")
 	return name
 }
