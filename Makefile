@@ -101,7 +101,9 @@ bench: deps build images
 	SHOAL_BIN=$(CURDIR)/$(BIN) SHOAL_IMAGES=$(CURDIR)/$(IMAGES) \
 	  $(GO) test -run '^$$' -bench OverlayIperf3 -benchtime 1x -count 3 ./e2e/
 	@echo "== WireGuard (iperf3): raw tunnel, containers routed over it, VXLAN inside it"
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 ./overlay/wg/
+	$(GO) test -run '^$$' -bench Throughput -benchtime 1x -count 3 ./overlay/wg/
+	@echo "== WireGuard: first connection after two hosts add each other as peers"
+	$(GO) test -run '^$$' -bench FirstConnection -benchtime 12x ./overlay/wg/
 
 clean:
 	rm -rf $(BIN)

@@ -36,7 +36,8 @@ const (
 	// is VXLAN inside WireGuard needs another 50 bytes off its inner MTU.
 	DefaultMTU = 1420
 
-	// PersistentKeepalive is set on every peer. Both ends know each other's
+	// PersistentKeepalive is set on every peer (by the device with the
+	// larger key of a pair only after KeepaliveGrace). Both ends know each other's
 	// endpoint from gossip, so it is not needed to find a peer; it keeps the
 	// UDP state of NATs and stateful firewalls between hosts (often 30 s for
 	// UDP) warm so that a host which is only ever talked to stays reachable,
@@ -44,6 +45,13 @@ const (
 	// WireGuard recommends; the cost is one 32-byte packet per peer per 25 s
 	// on an idle link.
 	PersistentKeepalive = 25 * time.Second
+
+	// KeepaliveGrace is how long the device with the larger public key of
+	// a pair waits after adding the peer before it keeps it alive too (see
+	// keepaliveFor): long enough for the other side's handshake, which
+	// takes milliseconds, to arrive first; short next to the 5 s WireGuard
+	// waits before retrying a handshake nobody answered.
+	KeepaliveGrace = time.Second
 
 	// maxNameLen is IFNAMSIZ less the terminating NUL.
 	maxNameLen = 15
@@ -118,6 +126,14 @@ type Device struct {
 	nl     *netlink.Handle
 	client wgClient
 	us     *userspace // nil unless kind is KindUserspace
+	// armed are the peers this device keeps alive although its key is
+	// the larger of the pair: those it has had for KeepaliveGrace.
+	// arming holds the stop functions of the timers still pending.
+	armed  map[wgtypes.Key]bool
+	arming map[wgtypes.Key]func() bool
+	// afterFunc schedules arming: time.AfterFunc's, unless a test fakes
+	// the clock. It returns the timer's stop function.
+	afterFunc func(time.Duration, func()) func() bool
 }
 
 // GenerateKey returns a new random private key. The caller persists it: a
@@ -345,6 +361,9 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
+	for _, stop := range d.arming {
+		stop()
+	}
 	err := d.teardown()
 	d.log.Info("wireguard device closed")
 	return err

@@ -21,6 +21,10 @@ func testKey(n byte) wgtypes.Key {
 	return k
 }
 
+// selfBelowAll is a device key smaller than every testKey: the device
+// keeps its peers alive (see keepaliveFor).
+var selfBelowAll = wgtypes.Key{1: 1}
+
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -174,7 +178,7 @@ func TestDiffPeers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			desired, err := normalizePeers(testKey(200), tt.desired)
+			desired, err := normalizePeers(selfBelowAll, tt.desired, nil)
 			if err != nil {
 				t.Fatalf("normalizePeers: %v", err)
 			}
@@ -205,7 +209,7 @@ func TestNormalizePeersRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := normalizePeers(self, tt.peers); !errors.Is(err, ErrInvalid) {
+			if _, err := normalizePeers(self, tt.peers, nil); !errors.Is(err, ErrInvalid) {
 				t.Errorf("normalizePeers = %v, want ErrInvalid", err)
 			}
 		})
@@ -264,7 +268,7 @@ func (f *fakeClient) Close() error { return nil }
 
 func TestSetPeersIncremental(t *testing.T) {
 	fc := &fakeClient{}
-	d := &Device{name: "wgfake", pub: testKey(200), client: fc, log: slog.New(slog.DiscardHandler)}
+	d := &Device{name: "wgfake", pub: selfBelowAll, client: fc, log: slog.New(slog.DiscardHandler)}
 	ctx := context.Background()
 	one := Peer{PublicKey: testKey(1), Endpoint: ap("192.0.2.1:51820"), AllowedIPs: []netip.Prefix{pfx("10.99.0.1/32")}}
 	two := Peer{PublicKey: testKey(2), Endpoint: ap("192.0.2.2:51820"), AllowedIPs: []netip.Prefix{pfx("10.99.0.2/32")}}
@@ -303,5 +307,78 @@ func TestSetPeersIncremental(t *testing.T) {
 	}
 	if err := d.SetPeers(ctx, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("SetPeers after Close = %v, want ErrClosed", err)
+	}
+}
+
+// fakeTimers records the timers a Device schedules, for the test to fire.
+type fakeTimers struct {
+	fns     []func()
+	stopped int
+}
+
+func (f *fakeTimers) afterFunc(_ time.Duration, fn func()) func() bool {
+	i := len(f.fns)
+	f.fns = append(f.fns, fn)
+	return func() bool {
+		if f.fns[i] == nil {
+			return false
+		}
+		f.fns[i] = nil
+		f.stopped++
+		return true
+	}
+}
+
+// fire runs every pending timer.
+func (f *fakeTimers) fire() {
+	for i, fn := range f.fns {
+		if fn != nil {
+			f.fns[i] = nil
+			fn()
+		}
+	}
+}
+
+// Two hosts given each other at once must not both start a handshake
+// (crossed initiations stall both for WireGuard's 5 s retry): the device
+// with the smaller key keeps its peer alive from the start, the other only
+// KeepaliveGrace later, and a peer removed before then is never armed.
+func TestKeepaliveArming(t *testing.T) {
+	small, large := testKey(1), testKey(2)
+	peer := Peer{PublicKey: small, Endpoint: ap("192.0.2.9:51820"), AllowedIPs: []netip.Prefix{pfx("10.99.0.9/32")}}
+	if got, err := normalizePeers(small, []Peer{{PublicKey: large, Endpoint: peer.Endpoint, AllowedIPs: peer.AllowedIPs}}, nil); err != nil || got[large].keepalive != PersistentKeepalive {
+		t.Errorf("smaller key: keepalive %v, %v; want %v from the start", got[large].keepalive, err, PersistentKeepalive)
+	}
+
+	fc := &fakeClient{}
+	timers := &fakeTimers{}
+	d := &Device{name: "wgfake", pub: large, client: fc, log: slog.New(slog.DiscardHandler), afterFunc: timers.afterFunc}
+	ctx := context.Background()
+	steps := []struct {
+		name string
+		do   func()
+		want []string // the changes sent
+	}{
+		{"added without keepalive", func() { _ = d.SetPeers(ctx, []Peer{peer}) }, []string{"key1 add ep=192.0.2.9:51820 ka=0s allowed=10.99.0.9/32"}},
+		{"armed after the grace", timers.fire, []string{"key1 update ka=25s"}},
+		{"kept armed", func() { _ = d.SetPeers(ctx, []Peer{peer}) }, nil},
+		{"removed", func() { _ = d.SetPeers(ctx, nil) }, []string{"key1 remove"}},
+		{"added again: not armed", func() { _ = d.SetPeers(ctx, []Peer{peer}) }, []string{"key1 add ep=192.0.2.9:51820 ka=0s allowed=10.99.0.9/32"}},
+		{"removed before the grace", func() { _ = d.SetPeers(ctx, nil) }, []string{"key1 remove"}},
+		{"its timer stopped", timers.fire, nil},
+	}
+	for _, s := range steps {
+		fc.applied = nil
+		s.do()
+		var got []string
+		for _, cfg := range fc.applied {
+			got = append(got, describe(cfg.Peers)...)
+		}
+		if !slices.Equal(got, s.want) {
+			t.Errorf("%s: sent %q, want %q", s.name, got, s.want)
+		}
+	}
+	if timers.stopped != 1 {
+		t.Errorf("%d timers stopped, want the one of the peer removed before its grace", timers.stopped)
 	}
 }
