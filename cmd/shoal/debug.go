@@ -51,11 +51,8 @@ the end.`,
 			if clients < 1 {
 				return usageErrorf("--clients must be 1 or more, got %d", clients)
 			}
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}

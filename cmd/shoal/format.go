@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,6 +37,15 @@ func checkFormat(f string) error {
 		return usageErrorf("--format must be %s or %s, got %q", formatTable, formatJSON, f)
 	}
 	return nil
+}
+
+// daemonFor checks a --format value before anything is dialled, then
+// returns the daemon's clients: how every command with --format starts.
+func (a *app) daemonFor(ctx context.Context, format string) (*daemonClient, error) {
+	if err := checkFormat(format); err != nil {
+		return nil, err
+	}
+	return a.daemon(ctx)
 }
 
 // newTable returns a writer that aligns tab-separated cells in columns, with

@@ -84,11 +84,8 @@ identifier (VNI), and whether they are encrypted, attachable or internal.`,
   shoal network ls -q`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}

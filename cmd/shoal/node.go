@@ -42,11 +42,8 @@ managers and empty for workers.`,
   shoal node ls --format json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}

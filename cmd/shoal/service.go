@@ -47,11 +47,8 @@ published on every node.`,
   shoal service ls --format json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}
@@ -115,11 +112,8 @@ out; --all shows them too.`,
   shoal service ps -q web`,
 		Args: minArgs(1, "SERVICE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}

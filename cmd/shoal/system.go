@@ -48,11 +48,8 @@ func newInfoCmd(a *app) *cobra.Command {
   shoal info --format json | jq -r .nodeId`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			d, err := a.daemon(ctx)
+			d, err := a.daemonFor(ctx, format)
 			if err != nil {
 				return err
 			}
