@@ -439,6 +439,7 @@ func (o *Overlay) sync(ctx context.Context) {
 			}
 		}
 	}
+	addAttachmentNames(byNet, all, localNets)
 	for netID := range localNets {
 		o.names.SetNetwork(netID, byNet[netID])
 	}
@@ -471,6 +472,25 @@ func (o *Overlay) sync(ctx context.Context) {
 			o.applied[id] = sig
 		}
 		o.mu.Unlock()
+	}
+}
+
+// addAttachmentNames gives each ready network attachment (shoal network
+// connect: an endpoint of no service) a name on its networks, as Swarm's
+// standalone containers have: its attachment name answers its address,
+// unless a service or an earlier attachment has that name there.
+func addAttachmentNames(byNet map[string]map[string]dns.Record, all []OverlayEndpoint, localNets map[string]bool) {
+	for _, e := range all {
+		if e.ServiceID != "" || e.ServiceName == "" || !e.Ready || !localNets[e.NetworkID] {
+			continue
+		}
+		if byNet[e.NetworkID] == nil {
+			byNet[e.NetworkID] = make(map[string]dns.Record)
+		}
+		if _, taken := byNet[e.NetworkID][e.ServiceName]; taken {
+			continue
+		}
+		byNet[e.NetworkID][e.ServiceName] = dns.Record{DNSRR: true, Tasks: []netip.Addr{e.Addr}}
 	}
 }
 

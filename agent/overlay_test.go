@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/shoal-project/shoal/overlay/dns"
 	"net"
 	"net/netip"
 	"reflect"
@@ -92,5 +93,30 @@ func TestRemotesOf(t *testing.T) {
 				t.Errorf("peers = %v, want %v", peers, tt.wantPeers)
 			}
 		})
+	}
+}
+
+func TestAddAttachmentNames(t *testing.T) {
+	a := netip.MustParseAddr
+	att := func(name, network, addr string, ready bool) OverlayEndpoint {
+		return OverlayEndpoint{ServiceName: name, NetworkID: network, Addr: a(addr), Ready: ready}
+	}
+	webVIP := dns.Record{VIP: a("10.10.0.2")}
+	byNet := map[string]map[string]dns.Record{"n1": {"web": webVIP}}
+	all := []OverlayEndpoint{
+		att("debug", "n1", "10.10.0.9", true),
+		att("debug", "n2", "10.10.1.9", true),                                                     // a network without local containers
+		att("web", "n1", "10.10.0.10", true),                                                      // a service's name
+		att("late", "n1", "10.10.0.11", false),                                                    // not plugged in yet
+		att("debug", "n1", "10.10.0.12", true),                                                    // the name is taken
+		{ServiceID: "s1", ServiceName: "api", NetworkID: "n1", Addr: a("10.10.0.3"), Ready: true}, // a service task
+	}
+	addAttachmentNames(byNet, all, map[string]bool{"n1": true})
+	want := map[string]map[string]dns.Record{"n1": {
+		"web":   webVIP,
+		"debug": {DNSRR: true, Tasks: []netip.Addr{a("10.10.0.9")}},
+	}}
+	if !reflect.DeepEqual(byNet, want) {
+		t.Errorf("names:\n got  %v\n want %v", byNet, want)
 	}
 }

@@ -19,7 +19,8 @@ import (
 // TestAttachableNetwork connects a network namespace that no service runs
 // (as `ip netns add` makes one) on a worker to an attachable network whose
 // service runs on the two other hosts: the namespace reaches each task by
-// IP and the service by name through the resolver and VIP Shoal serves in it,
+// IP and the service by name through the resolver and VIP Shoal serves in it
+// (and web's tasks resolve the attachment by its name),
 // stays connected across a kill -9 of its host's daemon, and is unplugged
 // by disconnect and when the namespace goes. A network that is not
 // attachable refuses it.
@@ -149,6 +150,21 @@ func TestAttachableNetwork(t *testing.T) {
 		})
 	}
 	reachesWeb("connected")
+
+	// The services' tasks find the attachment by its name.
+	hostOf := map[string]*harness.Host{nodeID(t, h1): h1, nodeID(t, h2): h2}
+	c.Eventually(waitConverge, "web's tasks resolve the attachment by its name", func() error {
+		for _, w := range web {
+			out, err := hostOf[w.NodeID].Runc("exec", w.ID, "nslookup", name)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(out, attIP) {
+				return fmt.Errorf("nslookup %s in web task %s: %q lacks %s", name, w.ID[:8], out, attIP)
+			}
+		}
+		return nil
+	})
 
 	// The network is in use, and says by what.
 	if out, err := h1.Shoal("network", "rm", "tools"); err == nil || !strings.Contains(err.Error(), "attachment "+name) {

@@ -36,7 +36,8 @@ interface per network, eth1, eth2, ... in order, with an address the managers
 allocate, reaches the networks' services by address, and by name through the
 resolver Shoal serves at 127.0.0.11 in it; services' virtual IPs balance over
 their ready tasks. For 'ip netns exec NAME' to use that resolver, put
-"nameserver 127.0.0.11" in /etc/netns/NAME/resolv.conf.
+"nameserver 127.0.0.11" in /etc/netns/NAME/resolv.conf. The networks' tasks
+find the namespace by the attachment's name (unless a service has it).
 
 The namespace is the one at --netns on --node (this node by default): a file
 'ip netns add' made under /run/netns, or /proc/PID/ns/net. It stays connected
