@@ -88,7 +88,7 @@ its interfaces.`,
 	f := c.Flags()
 	f.StringVar(&netns, "netns", "", "path of the network namespace on the node (required)")
 	f.StringVar(&node, "node", "", "node the namespace is on: ID, ID prefix or hostname (default: this node)")
-	f.StringVar(&name, "name", "", "name of the attachment, for disconnect (default: the namespace's name under /run/netns, else a short ID)")
+	f.StringVar(&name, "name", "", "name of the attachment: its DNS name on the networks, and what disconnect takes (default: the namespace's name under /run/netns, else a short ID)")
 	f.BoolVarP(&detach, "detach", "d", false, "print the attachment's ID and return without waiting for the node")
 	f.DurationVar(&timeout, "timeout", defaultConnectTimeout, "how long to wait for the node to plug the namespace in")
 	return c

@@ -157,7 +157,7 @@ then run services with 'shoal service create'.`,
 		tlsDir = d
 	}
 	root.PersistentFlags().StringVar(&a.token, "token", getenv(envToken),
-		"operator token, to use the cluster API through a worker (env "+envToken+"; `shoal cluster operator-token` on a manager)")
+		"operator `TOKEN`, to use the cluster API through a worker (env "+envToken+"; 'shoal cluster operator-token' on a manager prints it)")
 	root.PersistentFlags().StringVar(&a.tlsDir, "tls-dir", tlsDir,
 		"with tcp:// hosts: directory with the cluster credentials ca.crt, node.crt, node.key (env "+envTLSDir+")")
 
