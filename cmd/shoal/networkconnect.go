@@ -208,9 +208,9 @@ func printAttachment(ctx context.Context, a *app, d *daemonClient, t *shoalpb.Ta
 	}
 	w := newTable(a.stdout)
 	row(w, "ATTACHMENT", "INTERFACE", "ADDRESS", "NETWORK")
-	ifs := t.GetAttachment().GetInterfaces()
+	ifs := t.GetAttachment().GetInterfaces() // one per network, set by the managers
 	for i, n := range t.GetNetworks() {
-		ifName := fmt.Sprintf("eth%d", i+1)
+		ifName := ""
 		if i < len(ifs) {
 			ifName = ifs[i]
 		}

@@ -2,7 +2,6 @@ package controlapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -124,28 +123,20 @@ func (s *Server) ConnectNetwork(ctx context.Context, req *shoalpb.ConnectNetwork
 // reached a node.
 func (s *Server) DisconnectNetwork(ctx context.Context, req *shoalpb.DisconnectNetworkRequest) (*shoalpb.DisconnectNetworkResponse, error) {
 	var id string
-	var err error
-	for range removeAttempts {
-		// The allocator and placement write attachments too: re-read
-		// on a version mismatch.
-		err = s.store.Update(ctx, func(tx store.ReadTx, b *store.Batch) error {
-			t, err := findAttachment(tx, req.GetAttachment())
-			if err != nil {
-				return err
-			}
-			id = t.GetId()
-			if t.GetDesiredState() == shoalpb.TaskState_TASK_STATE_REMOVE {
-				return nil
-			}
-			t = proto.Clone(t).(*shoalpb.Task)
-			t.DesiredState = shoalpb.TaskState_TASK_STATE_REMOVE
-			b.UpdateTask(t)
-			return nil
-		})
-		if !errors.Is(err, store.ErrVersionMismatch) {
-			break
+	err := s.updateTasks(ctx, func(tx store.ReadTx, b *store.Batch) error {
+		t, err := findAttachment(tx, req.GetAttachment())
+		if err != nil {
+			return err
 		}
-	}
+		id = t.GetId()
+		if t.GetDesiredState() == shoalpb.TaskState_TASK_STATE_REMOVE {
+			return nil
+		}
+		t = proto.Clone(t).(*shoalpb.Task)
+		t.DesiredState = shoalpb.TaskState_TASK_STATE_REMOVE
+		b.UpdateTask(t)
+		return nil
+	})
 	if err != nil {
 		return nil, s.toStatus(fmt.Sprintf("disconnect %s", req.GetAttachment()), err)
 	}

@@ -144,3 +144,22 @@ func findService(tx store.ReadTx, ref string) (*shoalpb.Service, error) {
 	}
 	return lookup("service", ref, tx.ListServices(), serviceName)
 }
+
+// taskWriteAttempts bounds how often updateTasks re-reads and retries
+// after a component wrote one of the tasks first; each retry re-reads, so
+// more than a couple means the tasks are churning unusually fast.
+const taskWriteAttempts = 5
+
+// updateTasks runs a store update that writes tasks, again from a fresh
+// read while it loses to another write: the allocator, placement and the
+// orchestrator write tasks all the time, and a version mismatch only means
+// one of them won the race.
+func (s *Server) updateTasks(ctx context.Context, fn func(store.ReadTx, *store.Batch) error) error {
+	var err error
+	for range taskWriteAttempts {
+		if err = s.store.Update(ctx, fn); !errors.Is(err, store.ErrVersionMismatch) {
+			break
+		}
+	}
+	return err
+}

@@ -18,11 +18,6 @@ import (
 // second draw is already rare.
 const nameAttempts = 5
 
-// removeAttempts bounds how often RemoveService re-reads and retries after
-// a component wrote one of the service's tasks first; each retry re-reads,
-// so more than a couple means the service is churning unusually fast.
-const removeAttempts = 5
-
 // nameInUse is the AlreadyExists error of a taken service name.
 func nameInUse(name, id string) error {
 	return status.Errorf(codes.AlreadyExists, "service name %q is already in use by service %s", name, id)
@@ -203,15 +198,7 @@ func (s *Server) RemoveService(ctx context.Context, req *shoalpb.RemoveServiceRe
 		}
 		return nil
 	}
-	var err error
-	for range removeAttempts {
-		// The components write tasks all the time: a version mismatch
-		// means one of them won the race, and re-reading is all it takes.
-		if err = s.store.Update(ctx, remove); !errors.Is(err, store.ErrVersionMismatch) {
-			break
-		}
-	}
-	if err != nil {
+	if err := s.updateTasks(ctx, remove); err != nil {
 		return nil, s.toStatus(fmt.Sprintf("remove service %s", req.GetService()), err)
 	}
 	s.logger.Info("service removed", "service", svc.GetSpec().GetName(), "id", svc.GetId())

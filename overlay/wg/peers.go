@@ -198,16 +198,16 @@ func (d *Device) scheduleArmingLocked(desired map[wgtypes.Key]peerState) {
 			delete(d.armed, key)
 		}
 	}
-	for key := range desired {
-		if d.armed[key] || d.arming[key] != nil || bytes.Compare(d.pub[:], key[:]) < 0 {
-			continue
+	after := d.afterFunc
+	if after == nil {
+		after = func(dur time.Duration, f func()) func() bool { return time.AfterFunc(dur, f).Stop }
+	}
+	for key, p := range desired {
+		if p.keepalive != 0 || d.arming[key] != nil {
+			continue // kept alive already (smaller key, or armed), or pending
 		}
 		if d.arming == nil {
 			d.arming = make(map[wgtypes.Key]func() bool)
-		}
-		after := d.afterFunc
-		if after == nil {
-			after = func(dur time.Duration, f func()) func() bool { return time.AfterFunc(dur, f).Stop }
 		}
 		d.arming[key] = after(KeepaliveGrace, func() { d.arm(key) })
 	}
